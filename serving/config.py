@@ -1,0 +1,272 @@
+"""The one configuration model: YAML file validated by pydantic, every field overridable from env.
+
+Env overrides use the prefix ``CACHESTACK_`` and ``__`` between nesting levels, for example
+``CACHESTACK_REDIS__URL=redis://redis:6379`` or ``CACHESTACK_UPSTREAMS__URLS='["http://a:8000"]'``.
+Unknown keys are rejected (a typo in a YAML key is an error, not a silently ignored setting).
+Secrets (admin key, API keys) are never written here in clear: they come as SHA-256 hashes, or in
+clear from a file or env var named by ``*_file`` / ``*_env`` fields.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+
+class Strict(BaseModel):
+    """Base for config sections: unknown keys are an error."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerConfig(Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=1, le=65535)
+    max_body_bytes: int = Field(1_048_576, ge=1024, description="larger request bodies get 413")
+    log_prompts: bool = Field(False, description="never log prompt or answer text unless set")
+    access_log: bool = False
+
+
+class TimeoutConfig(Strict):
+    connect_s: float = Field(5.0, gt=0)
+    read_s: float = Field(600.0, gt=0, description="time allowed between two bytes from vLLM")
+    pool_s: float = Field(10.0, gt=0)
+
+
+RoutingPolicy = Literal["round_robin", "least_loaded", "prefix_aware"]
+
+
+class RoutingConfig(Strict):
+    policy: RoutingPolicy = "prefix_aware"
+    prefix_chars: int = Field(
+        2048, ge=64, description="leading characters of the prompt that pick a replica"
+    )
+    load_factor: float = Field(
+        1.25, ge=1.0, description="a replica over this multiple of the mean in-flight load spills over"
+    )
+    virtual_nodes: int = Field(64, ge=1, le=1024)
+    eject_after_failures: int = Field(3, ge=1)
+    eject_for_s: float = Field(10.0, gt=0)
+    metrics_scrape_s: float = Field(5.0, gt=0, description="how often each replica's /metrics is read")
+
+
+class UpstreamConfig(Strict):
+    urls: list[str] = Field(default_factory=lambda: ["http://127.0.0.1:8000"])
+    dns_name: str | None = Field(None, description="headless Service name resolved to replica IPs")
+    dns_port: int = Field(8000, ge=1, le=65535)
+    dns_refresh_s: float = Field(10.0, gt=0)
+    api_key_file: str | None = Field(None, description="file holding the key vLLM expects, if any")
+    max_connections: int = Field(256, ge=1)
+    max_keepalive: int = Field(64, ge=1)
+    timeouts: TimeoutConfig = TimeoutConfig()
+    routing: RoutingConfig = RoutingConfig()
+    models_refresh_s: float = Field(30.0, gt=0, description="how long the merged /v1/models is kept")
+
+    @field_validator("urls")
+    @classmethod
+    def _urls_are_http(cls, urls: list[str]) -> list[str]:
+        for url in urls:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"upstream url {url!r} must start with http:// or https://")
+        return [u.rstrip("/") for u in urls]
+
+
+class RedisConfig(Strict):
+    url: str = "redis://127.0.0.1:6379/0"
+    password_file: str | None = None
+    lookup_budget_ms: float = Field(50.0, gt=0, description="a slower cache lookup is skipped")
+    store_timeout_ms: float = Field(500.0, gt=0)
+    index_prefix: str = Field("cachestack", pattern=r"^[A-Za-z0-9_:-]+$")
+    retry_after_s: float = Field(2.0, gt=0, description="wait before reconnecting after a failure")
+    hnsw_m: int = Field(16, ge=4, le=128)
+    hnsw_ef_construction: int = Field(200, ge=10)
+    hnsw_ef_runtime: int = Field(64, ge=10)
+
+
+class EmbedderConfig(Strict):
+    model: str = Field("all-MiniLM-L6-v2", description="sentence-transformers model name or path")
+    backend: Literal["torch", "onnx", "openvino"] = "torch"
+    model_file: str | None = Field(None, description="e.g. onnx/model_qint8_avx512.onnx")
+    device: str = "cpu"
+    batch_wait_ms: float = Field(2.0, ge=0, description="how long a query waits for batch mates")
+    max_batch: int = Field(64, ge=1)
+    threads: int | None = Field(None, ge=1)
+
+
+class DecisionConfig(Strict):
+    """The semantic hit rule; see cache/decision.py."""
+
+    threshold: float = Field(0.90, ge=-1.0, le=1.0, description="cosine floor for a candidate")
+    top_k: int = Field(3, ge=1, le=50)
+    verifier: Literal["none", "default"] | str = Field(
+        "default", description="'none', 'default' (the shipped model) or a path"
+    )
+    verifier_threshold: float | None = Field(None, ge=0.0, le=1.0)
+    guards: bool = Field(True, description="reject pairs that differ in numbers, negation, ...")
+
+
+SamplingPolicy = Literal["never", "exact", "all"]
+
+
+class NamespaceConfig(Strict):
+    """How one namespace caches. Defaults suit general Q&A; FAQ namespaces raise ttl_s."""
+
+    enabled: bool = True
+    ttl_s: int = Field(86_400, ge=1, description="one day; evergreen FAQ: 7-30 days; volatile: hours")
+    version: str = Field("1", pattern=r"^[A-Za-z0-9_.-]{1,32}$")
+    shared: bool = Field(False, description="entries visible to every tenant")
+    threshold: float | None = Field(None, ge=-1.0, le=1.0, description="overrides decision.threshold")
+    verifier_threshold: float | None = Field(None, ge=0.0, le=1.0)
+    sampled: SamplingPolicy = Field(
+        "never",
+        description="answers sampled at temperature > 0: never cached, exact only, or all layers",
+    )
+    shadow_rate: float = Field(0.0, ge=0.0, le=1.0, description="fraction of hits re-checked upstream")
+
+
+class TenantConfig(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    key_sha256: list[str] = Field(default_factory=list, description="hex SHA-256 of each API key")
+
+    @field_validator("key_sha256")
+    @classmethod
+    def _hex_digests(cls, values: list[str]) -> list[str]:
+        for v in values:
+            if len(v) != 64 or any(c not in "0123456789abcdef" for c in v.lower()):
+                raise ValueError(f"key_sha256 entry {v[:12]!r}... is not a hex SHA-256 digest")
+        return [v.lower() for v in values]
+
+
+class AuthConfig(Strict):
+    tenants: list[TenantConfig] = Field(default_factory=list, description="empty: one open scope")
+    keys_file: str | None = Field(
+        None, description="YAML/JSON file {tenant: [sha256, ...]} merged into tenants (a mounted Secret)"
+    )
+    admin_key_sha256: str | None = None
+    admin_key_file: str | None = Field(None, description="file holding the admin key in clear")
+    admin_key_env: str | None = Field(None, description="env var holding the admin key in clear")
+
+    def admin_digest(self) -> str | None:
+        """The admin key's SHA-256 from whichever source is configured."""
+        if self.admin_key_sha256:
+            return self.admin_key_sha256.lower()
+        clear: str | None = None
+        if self.admin_key_file:
+            clear = Path(self.admin_key_file).read_text().strip()
+        elif self.admin_key_env:
+            clear = os.environ.get(self.admin_key_env)
+        return hashlib.sha256(clear.encode()).hexdigest() if clear else None
+
+
+class PriceConfig(Strict):
+    prompt_per_1k: float = Field(0.0, ge=0)
+    completion_per_1k: float = Field(0.0, ge=0)
+
+
+class CacheConfig(Strict):
+    enabled: bool = True
+    default_namespace: str = "default"
+    namespaces: dict[str, NamespaceConfig] = Field(default_factory=lambda: {"default": NamespaceConfig()})
+    l1_max_bytes: int = Field(64 * 1024 * 1024, ge=0, description="in-process exact LRU; 0 disables")
+    max_entry_bytes: int = Field(256 * 1024, ge=1024, description="larger answers are not stored")
+    decision: DecisionConfig = DecisionConfig()
+    prices: dict[str, PriceConfig] = Field(
+        default_factory=dict, description="model -> price per 1k tokens, for the savings metric"
+    )
+
+    @model_validator(mode="after")
+    def _default_exists(self) -> CacheConfig:
+        if self.default_namespace not in self.namespaces:
+            raise ValueError(f"default_namespace {self.default_namespace!r} is not in namespaces")
+        return self
+
+
+class PrefixHygieneConfig(Strict):
+    enabled: bool = True
+    window: int = Field(64, ge=8, description="recent prompt starts remembered per namespace")
+    head_chars: int = Field(256, ge=16)
+
+
+class LocalStackConfig(Strict):
+    """`cachestack up`: the CPU stack started as child processes."""
+
+    model: str = Field("smollm2", description="'smollm2' (bundled, converted once) or an HF id / path")
+    served_model_name: str | None = None
+    vllm_port: int = Field(8000, ge=1, le=65535)
+    vllm_replicas: int = Field(1, ge=1, le=8)
+    vllm_args: list[str] = Field(default_factory=lambda: ["--enforce-eager", "--max-model-len", "4096"])
+    kv_cache_gib: float = Field(1.0, gt=0, description="VLLM_CPU_KVCACHE_SPACE per replica")
+    redis_port: int = Field(6379, ge=1, le=65535)
+    data_dir: str = Field(".cachestack", description="converted models, logs; reused across runs")
+
+
+class Settings(BaseSettings):
+    """Everything cachestack reads at start. Load with :func:`load_config`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CACHESTACK_", env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    server: ServerConfig = ServerConfig()
+    upstreams: UpstreamConfig = UpstreamConfig()
+    redis: RedisConfig = RedisConfig()
+    embedder: EmbedderConfig = EmbedderConfig()
+    cache: CacheConfig = CacheConfig()
+    auth: AuthConfig = AuthConfig()
+    prefix_hygiene: PrefixHygieneConfig = PrefixHygieneConfig()
+    local: LocalStackConfig = LocalStackConfig()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # env wins over the YAML file, which arrives as init kwargs.
+        return (env_settings, init_settings)
+
+
+class ConfigError(ValueError):
+    """A config file or env var that does not validate; the message names key and value."""
+
+
+def _describe(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        where = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"unknown key {where!r}")
+        else:
+            lines.append(f"{where}: {e['msg']} (got {e.get('input')!r})")
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def load_config(path: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
+    """Read the YAML file (if any), apply env overrides, validate; raise ConfigError with a clear message."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(Path(path).read_text())
+        except FileNotFoundError as exc:
+            raise ConfigError(f"config file {path} does not exist") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must hold a mapping at the top level")
+        data = loaded
+    data.update(overrides)
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
