@@ -1,0 +1,97 @@
+"""Configuration of the caching layers (pydantic, no HTTP): serving/config.py nests these models.
+
+Defaults here are the shipped defaults; see the README for why each is what it is.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class Strict(BaseModel):
+    """Base for config sections: unknown keys are an error."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RedisConfig(Strict):
+    url: str = "redis://127.0.0.1:6379/0"
+    password_file: str | None = None
+    lookup_budget_ms: float = Field(50.0, gt=0, description="a slower cache lookup is skipped")
+    store_timeout_ms: float = Field(500.0, gt=0)
+    index_prefix: str = Field("cachestack", pattern=r"^[A-Za-z0-9_:-]+$")
+    retry_after_s: float = Field(2.0, gt=0, description="wait before reconnecting after a failure")
+    hnsw_m: int = Field(16, ge=4, le=128)
+    hnsw_ef_construction: int = Field(200, ge=10)
+    hnsw_ef_runtime: int = Field(64, ge=10)
+
+
+class EmbedderConfig(Strict):
+    model: str = Field("all-MiniLM-L6-v2", description="sentence-transformers model name or path")
+    backend: Literal["torch", "onnx", "openvino"] = "torch"
+    model_file: str | None = Field(None, description="e.g. onnx/model_qint8_avx512.onnx")
+    device: str = "cpu"
+    batch_wait_ms: float = Field(2.0, ge=0, description="how long a query waits for batch mates")
+    max_batch: int = Field(64, ge=1)
+    threads: int | None = Field(None, ge=1)
+
+
+class DecisionConfig(Strict):
+    """The semantic hit rule; see cache/decision.py."""
+
+    threshold: float = Field(0.90, ge=-1.0, le=1.0, description="cosine floor for a candidate")
+    top_k: int = Field(3, ge=1, le=50)
+    verifier: Literal["none", "default"] | str = Field(
+        "default", description="'none', 'default' (the shipped model) or a path"
+    )
+    verifier_threshold: float | None = Field(None, ge=0.0, le=1.0)
+    guards: bool = Field(True, description="reject pairs that differ in numbers, negation, ...")
+
+
+SamplingPolicy = Literal["never", "exact", "all"]
+
+
+class NamespaceConfig(Strict):
+    """How one namespace caches. Defaults suit general Q&A; FAQ namespaces raise ttl_s."""
+
+    enabled: bool = True
+    ttl_s: int = Field(86_400, ge=1, description="one day; evergreen FAQ: 7-30 days; volatile: hours")
+    version: str = Field("1", pattern=r"^[A-Za-z0-9_.-]{1,32}$")
+    shared: bool = Field(False, description="entries visible to every tenant")
+    threshold: float | None = Field(None, ge=-1.0, le=1.0, description="overrides decision.threshold")
+    verifier_threshold: float | None = Field(None, ge=0.0, le=1.0)
+    sampled: SamplingPolicy = Field(
+        "never",
+        description="answers sampled at temperature > 0: never cached, exact only, or all layers",
+    )
+    shadow_rate: float = Field(0.0, ge=0.0, le=1.0, description="fraction of hits re-checked upstream")
+
+
+class PriceConfig(Strict):
+    prompt_per_1k: float = Field(0.0, ge=0)
+    completion_per_1k: float = Field(0.0, ge=0)
+
+
+class CacheConfig(Strict):
+    enabled: bool = True
+    default_namespace: str = "default"
+    namespaces: dict[str, NamespaceConfig] = Field(default_factory=lambda: {"default": NamespaceConfig()})
+    l1_max_bytes: int = Field(64 * 1024 * 1024, ge=0, description="in-process exact LRU; 0 disables")
+    max_semantic_chars: int = Field(
+        1000, ge=1, description="longer queries are exact-only: the embedder reads ~256 tokens"
+    )
+    max_entry_bytes: int = Field(256 * 1024, ge=1024, description="larger answers are not stored")
+    decision: DecisionConfig = DecisionConfig()
+    prices: dict[str, PriceConfig] = Field(
+        default_factory=dict, description="model -> price per 1k tokens, for the savings metric"
+    )
+
+    @model_validator(mode="after")
+    def _default_exists(self) -> CacheConfig:
+        if self.default_namespace not in self.namespaces:
+            raise ValueError(f"default_namespace {self.default_namespace!r} is not in namespaces")
+        return self
+
+

@@ -1,0 +1,238 @@
+"""Cheap lexical guards: veto a semantic hit when two queries differ in something an embedding blurs.
+
+Each guard looks at the two *normalised* queries (cache.keys.normalise_query: case-folded, so no
+capitalisation is left to spot names) and returns a reason string when the stored answer cannot be
+right for the new query, or None. They only ever veto; they never turn a miss into a hit.
+
+- numbers:   the multisets of numbers differ ("score 492" vs "385 marks", "2 weeks" vs "3 weeks");
+             number words up to twenty count as numbers ("two" == "2").
+- negation:  one query is negated and the other is not ("can i" vs "can't i", "with" vs "without").
+- antonym:   one query has a word and the other its opposite, without the word itself
+             ("enable 2fa" vs "disable 2fa", "upload" vs "download", "buy" vs "sell").
+- direction: the same words, but what follows a directional word differs
+             ("from usd to eur" vs "from eur to usd", "faster than java" vs "faster than python").
+- time:      the time expressions differ ("today" vs "tomorrow", "last week" vs "next week", "monday" vs
+             "friday", "in march" vs "in may").
+
+The guards were checked on the tuning part of the QQP-style pairs for the recall they cost (see
+docs/decision-quality.md); each costs little recall there and catches the near-misses users report.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Callable
+
+_TOKEN = re.compile(r"[a-z0-9]+(?:'[a-z]+)?|[^\sa-z0-9]")
+_NUMBER = re.compile(r"(?<![a-z])\d+(?:[.,]\d+)*")
+
+NUMBER_WORDS = {
+    "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5", "six": "6",
+    "seven": "7", "eight": "8", "nine": "9", "ten": "10", "eleven": "11", "twelve": "12",
+    "thirteen": "13", "fourteen": "14", "fifteen": "15", "sixteen": "16", "seventeen": "17",
+    "eighteen": "18", "nineteen": "19", "twenty": "20", "thirty": "30", "forty": "40", "fifty": "50",
+    "hundred": "100", "thousand": "1000", "million": "1000000", "billion": "1000000000",
+    "dozen": "12", "half": "0.5",
+}
+
+NEGATIONS = {
+    "not", "no", "never", "without", "cannot", "can't", "cant", "don't", "dont", "doesn't", "doesnt",
+    "didn't", "didnt", "isn't", "isnt", "aren't", "arent", "wasn't", "wasnt", "weren't", "werent",
+    "won't", "wont", "wouldn't", "wouldnt", "shouldn't", "shouldnt", "couldn't", "couldnt",
+    "haven't", "havent", "hasn't", "hasnt", "hadn't", "hadnt", "mustn't", "neither", "nor", "none",
+    "nobody", "nothing", "nowhere", "unable", "n't",
+}
+
+_ANTONYM_PAIRS = [
+    ("enable", "disable"), ("enabled", "disabled"), ("enabling", "disabling"),
+    ("activate", "deactivate"), ("increase", "decrease"), ("increases", "decreases"),
+    ("increasing", "decreasing"), ("buy", "sell"), ("buying", "selling"), ("bought", "sold"),
+    ("before", "after"), ("upload", "download"), ("uploading", "downloading"), ("import", "export"),
+    ("install", "uninstall"), ("installing", "uninstalling"), ("encrypt", "decrypt"),
+    ("lock", "unlock"), ("subscribe", "unsubscribe"), ("connect", "disconnect"), ("mount", "unmount"),
+    ("block", "unblock"), ("follow", "unfollow"), ("mute", "unmute"), ("pause", "resume"),
+    ("add", "remove"), ("adding", "removing"), ("open", "close"), ("start", "stop"), ("win", "lose"),
+    ("winning", "losing"), ("gain", "lose"), ("gaining", "losing"), ("best", "worst"),
+    ("advantages", "disadvantages"), ("advantage", "disadvantage"), ("pros", "cons"),
+    ("male", "female"), ("men", "women"), ("boy", "girl"), ("boys", "girls"), ("husband", "wife"),
+    ("boyfriend", "girlfriend"), ("maximum", "minimum"), ("max", "min"), ("highest", "lowest"),
+    ("largest", "smallest"), ("biggest", "smallest"), ("most", "least"), ("more", "less"),
+    ("positive", "negative"), ("legal", "illegal"), ("possible", "impossible"), ("love", "hate"),
+    ("above", "below"), ("inside", "outside"), ("send", "receive"), ("sending", "receiving"),
+    ("sent", "received"), ("incoming", "outgoing"), ("inbound", "outbound"), ("hire", "fire"),
+    ("rich", "poor"), ("cheap", "expensive"), ("cheapest", "most expensive"), ("success", "failure"),
+    ("always", "never"), ("north", "south"), ("east", "west"), ("import", "export"),
+    ("deposit", "withdraw"), ("deposits", "withdrawals"), ("credit", "debit"), ("push", "pull"),
+    ("upgrade", "downgrade"), ("upgrading", "downgrading"), ("login", "logout"), ("log in", "log out"),
+    ("sign in", "sign out"), ("sign up", "sign out"), ("zoom in", "zoom out"), ("check in", "check out"),
+    ("turn on", "turn off"), ("switch on", "switch off"), ("online", "offline"), ("visible", "hidden"),
+    ("show", "hide"), ("allow", "deny"), ("accept", "reject"), ("approve", "reject"), ("include", "exclude"),
+    ("inclusive", "exclusive"), ("public", "private"), ("internal", "external"), ("input", "output"),
+    ("ascending", "descending"), ("compress", "decompress"), ("zip", "unzip"), ("encode", "decode"),
+    ("serialize", "deserialize"), ("lowercase", "uppercase"), ("first", "last"), ("earliest", "latest"),
+    ("oldest", "newest"), ("older", "newer"), ("faster", "slower"), ("better", "worse"),
+    ("higher", "lower"), ("bigger", "smaller"), ("larger", "smaller"), ("longer", "shorter"),
+    ("hot", "cold"), ("true", "false"), ("pass", "fail"), ("passed", "failed"), ("valid", "invalid"),
+    ("safe", "unsafe"), ("healthy", "unhealthy"), ("happy", "unhappy"), ("like", "dislike"),
+    ("agree", "disagree"), ("forward", "backward"), ("prefix", "suffix"), ("client", "server"),
+    ("sender", "recipient"), ("buyer", "seller"), ("employer", "employee"), ("landlord", "tenant"),
+    ("teacher", "student"), ("parent", "child"), ("parents", "children"), ("mother", "father"),
+    ("import", "export"), ("arrival", "departure"), ("arrive", "depart"), ("entry", "exit"),
+    ("refund", "charge"), ("overpaid", "underpaid"), ("overweight", "underweight"),
+    ("overestimate", "underestimate"), ("maximize", "minimize"), ("morning", "evening"),
+]
+ANTONYMS: dict[str, set[str]] = {}
+for _a, _b in _ANTONYM_PAIRS:
+    ANTONYMS.setdefault(_a, set()).add(_b)
+    ANTONYMS.setdefault(_b, set()).add(_a)
+
+TIME_GROUPS = [
+    ("today", "tomorrow", "yesterday", "tonight"),
+    ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday", "weekend", "weekday"),
+    ("january", "february", "march", "april", "june", "july", "august", "september", "october",
+     "november", "december", "jan", "feb", "mar", "apr", "jun", "jul", "aug", "sep", "sept", "oct",
+     "nov", "dec"),
+    ("morning", "afternoon", "evening", "night", "midnight", "noon"),
+    ("spring", "summer", "autumn", "fall", "winter"),
+]
+_TIME_WORDS = {w for g in TIME_GROUPS for w in g}
+_RELATIVE = re.compile(r"\b(this|next|last|previous|past|coming|upcoming)\s+(week|month|year|quarter|weekend|season|time)\b")
+_AGO = re.compile(r"\b(ago|from now|in the past|in the future)\b")
+
+DIRECTIONAL = {"to", "from", "into", "than", "onto", "towards", "toward"}
+STOPWORDS = {
+    "a", "an", "the", "is", "are", "was", "were", "be", "been", "do", "does", "did", "i", "you", "we",
+    "my", "your", "our", "it", "its", "of", "in", "on", "at", "for", "with", "and", "or", "how", "what",
+    "which", "why", "who", "when", "where", "can", "should", "could", "would", "will", "me", "some",
+    "any", "there", "this", "that", "these", "those", "get", "way", "ways", "best", "good", "way",
+    "one", "make", "much", "many", "as", "by", "if", "so", "about", "have", "has", "had",
+} - {"one"}
+
+
+def tokens(text: str) -> list[str]:
+    return _TOKEN.findall(text.casefold())
+
+
+def numbers(text: str) -> Counter[str]:
+    out: Counter[str] = Counter()
+    for m in _NUMBER.finditer(text):
+        raw = m.group().replace(",", "")
+        try:
+            val = float(raw)
+            out[str(int(val)) if val.is_integer() else str(val)] += 1
+        except ValueError:
+            out[raw] += 1
+    for tok in tokens(text):
+        if tok in NUMBER_WORDS:
+            out[NUMBER_WORDS[tok]] += 1
+    return out
+
+
+def number_guard(a: str, b: str) -> str | None:
+    na, nb = numbers(a), numbers(b)
+    if na != nb:
+        return "numbers differ"
+    return None
+
+
+def _negated(text: str) -> bool:
+    count = 0
+    for tok in tokens(text):
+        if tok in NEGATIONS or tok.endswith("n't"):
+            count += 1
+    return count % 2 == 1
+
+
+def negation_guard(a: str, b: str) -> str | None:
+    if _negated(a) != _negated(b):
+        return "negation differs"
+    return None
+
+
+def _phrases(toks: list[str]) -> set[str]:
+    return set(toks) | {f"{x} {y}" for x, y in zip(toks, toks[1:])}
+
+
+def antonym_guard(a: str, b: str) -> str | None:
+    pa, pb = _phrases(tokens(a)), _phrases(tokens(b))
+    for w in pa - pb:
+        opposite = ANTONYMS.get(w)
+        if opposite and (opposite & pb) and not (opposite & pa):
+            return f"opposite words ({w} / {sorted(opposite & pb)[0]})"
+    return None
+
+
+def _content(toks: list[str]) -> Counter[str]:
+    return Counter(t for t in toks if t.isalnum() and t not in STOPWORDS and t not in DIRECTIONAL)
+
+
+def _objects(toks: list[str]) -> dict[str, str]:
+    """directional word -> the first content word after it."""
+    out: dict[str, str] = {}
+    for i, t in enumerate(toks):
+        if t in DIRECTIONAL and t not in out:
+            for nxt in toks[i + 1 :]:
+                if nxt.isalnum() and nxt not in STOPWORDS:
+                    out[t] = nxt
+                    break
+    return out
+
+
+def direction_guard(a: str, b: str) -> str | None:
+    ta, tb = tokens(a), tokens(b)
+    if _content(ta) != _content(tb):
+        return None  # not a reordering of the same words; other checks judge it
+    oa, ob = _objects(ta), _objects(tb)
+    for marker in oa.keys() & ob.keys():
+        if oa[marker] != ob[marker]:
+            return f"direction differs ({marker} {oa[marker]} / {marker} {ob[marker]})"
+    if ta != tb and oa.keys() != ob.keys() and (oa or ob):
+        # "from x to y" vs "to x from y" and friends: same words, different roles
+        roles_a = {v: k for k, v in oa.items()}
+        roles_b = {v: k for k, v in ob.items()}
+        for word in roles_a.keys() & roles_b.keys():
+            if roles_a[word] != roles_b[word]:
+                return f"direction differs ({roles_a[word]} {word} / {roles_b[word]} {word})"
+    return None
+
+
+def _times(text: str) -> set[str]:
+    toks = tokens(text)
+    found = {t for t in toks if t in _TIME_WORDS}
+    if "may" in toks:  # the month, not the verb: "in may", "may 2024", "may 5"
+        i = toks.index("may")
+        if (i > 0 and toks[i - 1] in {"in", "of", "since", "until", "during", "early", "late"}) or (
+            i + 1 < len(toks) and toks[i + 1].isdigit()
+        ):
+            found.add("may")
+    found |= {" ".join(m.groups()) for m in _RELATIVE.finditer(text.casefold())}
+    found |= {m.group(1) for m in _AGO.finditer(text.casefold())}
+    return found
+
+
+def time_guard(a: str, b: str) -> str | None:
+    ta, tb = _times(a), _times(b)
+    if ta != tb:
+        return "time differs"
+    return None
+
+
+GUARDS: dict[str, Callable[[str, str], str | None]] = {
+    "numbers": number_guard,
+    "negation": negation_guard,
+    "antonym": antonym_guard,
+    "direction": direction_guard,
+    "time": time_guard,
+}
+
+
+def check(a: str, b: str, enabled: frozenset[str] | None = None) -> str | None:
+    """The first guard that vetoes the pair (its reason), or None when every guard lets it pass."""
+    for name, guard in GUARDS.items():
+        if enabled is not None and name not in enabled:
+            continue
+        reason = guard(a, b)
+        if reason:
+            return reason
+    return None

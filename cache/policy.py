@@ -1,0 +1,152 @@
+"""May this request be looked up, may its answer be stored, and under which keys.
+
+The rules, most restrictive first (README "Cache policy" explains each):
+- cache or namespace disabled: BYPASS.
+- sampled requests (temperature > 0; absent means OpenAI's 1.0): per namespace ``sampled``:
+  ``never`` (default: the client asked for a fresh sample), ``exact``, or ``all``.
+- ``n`` > 1, logprobs, tools or a last turn that is not plain user text: exact layer only,
+  because a paraphrase match cannot vouch for tool calls, several samples or token probabilities.
+- a query longer than the embedder reads (``max_semantic_chars``): exact only, since two long
+  queries that differ only past the truncation point would embed identically.
+- ``Cache-Control: no-cache`` skips the lookup but stores; ``no-store`` skips the store;
+  ``max-age=N`` accepts only entries younger than N seconds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from cache.config import CacheConfig, NamespaceConfig
+from cache.keys import canonical_messages, canonical_params, exact_key, fingerprint, message_text, normalise_query
+
+SHARED_SCOPE = "_shared"
+
+
+class PolicyError(ValueError):
+    """The request names something the cache does not have (an unknown namespace): a 400."""
+
+    def __init__(self, message: str, param: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+@dataclass(frozen=True, slots=True)
+class CacheControl:
+    no_cache: bool = False
+    no_store: bool = False
+    max_age: float | None = None
+
+
+def parse_cache_control(header: str | None) -> CacheControl:
+    """Parse the directives we honour; unknown directives are ignored, as HTTP caches do."""
+    if not header:
+        return CacheControl()
+    no_cache = no_store = False
+    max_age: float | None = None
+    for part in header.split(","):
+        name, _, value = part.strip().partition("=")
+        name = name.strip().lower()
+        if name == "no-cache":
+            no_cache = True
+        elif name == "no-store":
+            no_store = True
+        elif name == "max-age":
+            try:
+                max_age = max(0.0, float(value.strip().strip('"')))
+            except ValueError:
+                pass
+    return CacheControl(no_cache, no_store, max_age)
+
+
+@dataclass(frozen=True, slots=True)
+class CachePlan:
+    """What the cache does for one request; built once, read by lookup and store."""
+
+    tenant: str
+    scope: str  # the tenant, or SHARED_SCOPE in a shared namespace
+    namespace: str
+    settings: NamespaceConfig
+    model: str
+    fingerprint: str
+    query: str  # normalised last user turn (or the whole prompt); "" when there is none
+    exact_key: str
+    lookup: bool
+    store: bool
+    semantic: bool
+    max_age: float | None
+    reason: str  # why a layer is off, for logs and tests
+
+
+def _effective_temperature(body: Mapping[str, Any]) -> float:
+    t = body.get("temperature")
+    return 1.0 if t is None else float(t)
+
+
+def make_plan(
+    cfg: CacheConfig,
+    kind: str,
+    body: Mapping[str, Any],
+    tenant: str,
+    cache_control: str | None = None,
+    namespace_header: str | None = None,
+) -> CachePlan:
+    """Apply the policy to a validated request body (see module docstring)."""
+    ns_name = (namespace_header or "").strip() or cfg.default_namespace
+    ns = cfg.namespaces.get(ns_name)
+    if ns is None:
+        raise PolicyError(f"unknown cache namespace {ns_name!r}", "X-Cache-Namespace")
+    cc = parse_cache_control(cache_control)
+    model = str(body.get("model"))
+    scope = SHARED_SCOPE if ns.shared else tenant
+
+    semantic = True
+    reason = ""
+    if kind == "chat":
+        messages = list(body.get("messages") or [])
+        last = messages[-1] if messages else {}
+        last_text = message_text(last.get("content")) if last.get("role") == "user" else None
+        if last_text is None:
+            context: Any = canonical_messages(messages)
+            query, semantic, reason = "", False, "last turn is not user text"
+        else:
+            context = canonical_messages(messages[:-1])
+            query = normalise_query(last_text)
+    else:
+        prompt = body.get("prompt")
+        if isinstance(prompt, str):
+            context, query = None, normalise_query(prompt)
+        else:
+            context, query, semantic, reason = prompt, "", False, "prompt is not one string"
+
+    params = canonical_params(body)
+    if semantic:
+        if (body.get("n") or 1) > 1 or body.get("logprobs") or body.get("top_logprobs") or body.get("tools"):
+            semantic, reason = False, "n>1, logprobs or tools: exact only"
+        elif len(query) > cfg.max_semantic_chars:
+            semantic, reason = False, "query longer than the embedder reads: exact only"
+        elif not query:
+            semantic, reason = False, "empty query"
+
+    lookup = store = cfg.enabled and ns.enabled
+    if not lookup:
+        reason = "cache disabled"
+    elif _effective_temperature(body) > 0.0:
+        if ns.sampled == "never":
+            lookup = store = semantic = False
+            reason = "sampled request (temperature > 0) in a namespace with sampled: never"
+        elif ns.sampled == "exact":
+            semantic, reason = False, "sampled request: exact only"
+    if cc.no_cache:
+        lookup = False
+    if cc.no_store:
+        store = False
+
+    fp = fingerprint(model, f"{ns_name}:{ns.version}:{scope}", context, params)
+    key = exact_key(fp, query)
+    return CachePlan(
+        tenant=tenant, scope=scope, namespace=ns_name, settings=ns, model=model, fingerprint=fp,
+        query=query, exact_key=key, lookup=lookup, store=store, semantic=semantic and (lookup or store),
+        max_age=cc.max_age, reason=reason,
+    )

@@ -1,0 +1,296 @@
+"""Lookup and store orchestration: the request flow's steps 3-7, without HTTP.
+
+Fails open: every Redis call runs inside the lookup budget; a timeout or error marks the store down
+for ``retry_after_s`` (lookups skip it at once meanwhile, so a dead Redis costs one budget, not one
+per request), then the next request tries again: reconnection is redis-py's own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+from redis.exceptions import RedisError
+
+from cache import metrics
+from cache.config import CacheConfig
+from cache.decision import Candidate, DecisionRule, RuleSettings
+from cache.embedder import MicroBatcher
+from cache.l1 import L1Cache
+from cache.policy import CachePlan, make_plan
+from cache.keys import normalise_query
+from cache.store import CacheStore, Entry, Neighbour, scope_filter
+
+log = logging.getLogger("cachestack.cache")
+STORE_ERRORS = (RedisError, OSError, asyncio.TimeoutError, ValueError)
+
+
+@dataclass(frozen=True, slots=True)
+class CacheHit:
+    answer: dict[str, Any]
+    layer: str  # "exact" or "semantic"
+    similarity: float | None
+    age_s: float
+    entry_id: str
+
+
+@dataclass(slots=True)
+class Lookup:
+    """The outcome of a lookup; a miss keeps the query embedding so the store need not redo it."""
+
+    hit: CacheHit | None = None
+    embedding: np.ndarray | None = None
+
+
+class CacheService:
+    def __init__(self, cfg: CacheConfig, store: CacheStore, embedder: MicroBatcher, rule: DecisionRule, *,
+                 budget_ms: float, retry_after_s: float, l1_max_age_s: float = 30.0) -> None:
+        self.cfg = cfg
+        self.store = store
+        self.embedder = embedder
+        self.rule = rule
+        self.budget_s = budget_ms / 1000.0
+        self.retry_after_s = retry_after_s
+        self.l1 = L1Cache(cfg.l1_max_bytes, l1_max_age_s)
+        self.down_until = 0.0
+        self.last_error: str | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._shadow_counts: dict[tuple[str, bool], int] = {}
+        metrics.REDIS_UP.set(1)
+
+    # -- state -------------------------------------------------------------------------------
+    @property
+    def degraded(self) -> bool:
+        return time.monotonic() < self.down_until
+
+    def _failed(self, exc: BaseException, op: str) -> None:
+        self.down_until = time.monotonic() + self.retry_after_s
+        self.last_error = f"{op}: {type(exc).__name__}"
+        metrics.REDIS_UP.set(0)
+        metrics.BYPASSES.labels(f"{op}_error").inc()
+        log.warning("cache store %s failed (%s); skipping it for %.1fs", op, type(exc).__name__, self.retry_after_s)
+
+    def _ok(self) -> None:
+        if self.last_error is not None:
+            self.last_error = None
+            metrics.REDIS_UP.set(1)
+            log.info("cache store reachable again")
+
+    async def check(self) -> bool:
+        """Ping the store (readiness); also ends a degraded period early when Redis is back."""
+        try:
+            async with asyncio.timeout(self.budget_s):
+                await self.store.ping()
+                await self.store.ensure_index()
+        except STORE_ERRORS as exc:
+            self._failed(exc, "ping")
+            return False
+        self.down_until = 0.0
+        self._ok()
+        return True
+
+    # -- policy ------------------------------------------------------------------------------
+    def plan(self, kind: str, body: Mapping[str, Any], tenant: str, cache_control: str | None,
+             namespace: str | None) -> CachePlan:
+        plan = make_plan(self.cfg, kind, body, tenant, cache_control, namespace)
+        if not plan.lookup and not plan.store:
+            metrics.REQUESTS.labels("BYPASS", "none", plan.namespace).inc()
+        return plan
+
+    # -- lookup ------------------------------------------------------------------------------
+    async def lookup(self, plan: CachePlan) -> Lookup:
+        started = time.perf_counter()
+        result = Lookup()
+        try:
+            result = await self._lookup(plan)
+        finally:
+            outcome = "HIT" if result.hit else "MISS"
+            metrics.LOOKUP_SECONDS.labels(outcome).observe(time.perf_counter() - started)
+            layer = result.hit.layer if result.hit else ("semantic" if plan.semantic else "exact")
+            metrics.REQUESTS.labels(outcome, layer, plan.namespace).inc()
+            if result.hit:
+                self._count_savings(plan.model, result.hit.answer)
+        return result
+
+    def _fresh(self, created: float, plan: CachePlan) -> bool:
+        return plan.max_age is None or time.time() - created <= plan.max_age
+
+    async def _lookup(self, plan: CachePlan) -> Lookup:
+        hot = self.l1.get(plan.exact_key)
+        if hot is not None and self._fresh(hot.created, plan):
+            return Lookup(CacheHit(hot.answer, "exact", None, time.time() - hot.created, plan.exact_key))
+        if self.degraded:
+            metrics.BYPASSES.labels("store_down").inc()
+            return Lookup()
+        deadline = time.monotonic() + self.budget_s
+        try:
+            t = time.perf_counter()
+            async with asyncio.timeout(self.budget_s):
+                entry = await self.store.get(plan.exact_key)
+            metrics.STAGE_SECONDS.labels("exact").observe(time.perf_counter() - t)
+        except STORE_ERRORS as exc:
+            self._failed(exc, "lookup")
+            return Lookup()
+        self._ok()
+        if entry is not None and self._fresh(entry.created, plan):
+            self._remember(plan.exact_key, entry, plan)
+            return Lookup(CacheHit(entry.answer, "exact", None, time.time() - entry.created, plan.exact_key))
+        if not plan.semantic:
+            return Lookup()
+
+        t = time.perf_counter()
+        vector = await self.embedder.embed(plan.query)
+        metrics.STAGE_SECONDS.labels("embed").observe(time.perf_counter() - t)
+        found = Lookup(embedding=vector)
+        remaining = max(0.001, deadline - time.monotonic()) + self.budget_s / 2  # embed time is not Redis's
+        try:
+            async with asyncio.timeout(remaining):
+                t = time.perf_counter()
+                neighbours = await self.store.knn(vector, self._tags(plan), self.cfg.decision.top_k)
+                metrics.STAGE_SECONDS.labels("knn").observe(time.perf_counter() - t)
+                neighbours = [n for n in neighbours if self._fresh(n.created, plan)]
+                if not neighbours:
+                    return found
+                metrics.SIMILARITY.labels(plan.namespace).observe(neighbours[0].similarity)
+                t = time.perf_counter()
+                decision = await self._decide(plan, neighbours)
+                metrics.STAGE_SECONDS.labels("decision").observe(time.perf_counter() - t)
+                if decision is None:
+                    return found
+                chosen, score = decision
+                entry = await self.store.get(chosen.entry_id)
+        except STORE_ERRORS as exc:
+            self._failed(exc, "lookup")
+            return found
+        if entry is None:  # expired between KNN and fetch
+            return found
+        return Lookup(CacheHit(entry.answer, "semantic", chosen.similarity, time.time() - entry.created,
+                               chosen.entry_id), vector)
+
+    async def _decide(self, plan: CachePlan, neighbours: list[Neighbour]) -> tuple[Neighbour, float] | None:
+        ns = plan.settings
+        settings = RuleSettings(
+            threshold=ns.threshold if ns.threshold is not None else self.cfg.decision.threshold,
+            verifier_threshold=ns.verifier_threshold if ns.verifier_threshold is not None
+            else self.cfg.decision.verifier_threshold,
+        )
+        candidates = [Candidate(n.entry_id, n.query, n.similarity) for n in neighbours]
+        [decision] = await asyncio.to_thread(self.rule.decide, [(plan.query, candidates)], settings)
+        if not decision.hit or decision.candidate is None:
+            return None
+        chosen = next(n for n in neighbours if n.entry_id == decision.candidate.entry_id)
+        return chosen, decision.score
+
+    def _remember(self, key: str, entry: Entry, plan: CachePlan) -> None:
+        size = len(orjson.dumps(entry.answer))
+        self.l1.put(key, entry.answer, entry.created, plan.settings.ttl_s, size)
+
+    def _count_savings(self, model: str, answer: dict[str, Any]) -> None:
+        usage = answer.get("usage") or {}
+        prompt = int(usage.get("prompt_tokens") or 0)
+        completion = int(usage.get("completion_tokens") or 0)
+        metrics.TOKENS_SAVED.labels("prompt", model).inc(prompt)
+        metrics.TOKENS_SAVED.labels("completion", model).inc(completion)
+        price = self.cfg.prices.get(model)
+        if price is not None:
+            metrics.MONEY_SAVED.labels(model).inc(
+                prompt / 1000 * price.prompt_per_1k + completion / 1000 * price.completion_per_1k)
+
+    @staticmethod
+    def _tags(plan: CachePlan) -> dict[str, str]:
+        return {"scope": plan.scope, "fingerprint": plan.fingerprint, "model": plan.model,
+                "version": plan.settings.version, "namespace": plan.namespace}
+
+    # -- store -------------------------------------------------------------------------------
+    def store_later(self, plan: CachePlan, answer: dict[str, Any], embedding: np.ndarray | None = None) -> None:
+        """Write a complete answer in the background: the response never waits for the cache."""
+        if not plan.store:
+            return
+        task = asyncio.get_running_loop().create_task(self._store(plan, answer, embedding))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _store(self, plan: CachePlan, answer: dict[str, Any], embedding: np.ndarray | None) -> None:
+        answer = {k: v for k, v in answer.items() if k not in ("id", "created")}
+        if len(orjson.dumps(answer)) > self.cfg.max_entry_bytes:
+            metrics.STORES.labels(plan.namespace, "too_large").inc()
+            return
+        if self.degraded:
+            metrics.STORES.labels(plan.namespace, "skipped").inc()
+            return
+        try:
+            if plan.semantic and embedding is None:
+                embedding = await self.embedder.embed(plan.query)
+            t = time.perf_counter()
+            async with asyncio.timeout(self.store.cfg.store_timeout_ms / 1000.0):
+                await self.store.put(plan.exact_key, answer=answer, query=plan.query,
+                                     embedding=embedding if plan.semantic else None,
+                                     tags={**self._tags(plan), "tenant": plan.tenant},
+                                     ttl_s=plan.settings.ttl_s)
+            metrics.STAGE_SECONDS.labels("store").observe(time.perf_counter() - t)
+        except STORE_ERRORS as exc:
+            metrics.STORES.labels(plan.namespace, "error").inc()
+            self._failed(exc, "store")
+            return
+        metrics.STORES.labels(plan.namespace, "stored").inc()
+
+    # -- shadow mode -------------------------------------------------------------------------
+    def maybe_shadow(self, plan: CachePlan, hit: CacheHit, fresh: Callable[[], Awaitable[dict[str, Any] | None]],
+                     agree_threshold: float = 0.8) -> None:
+        """For a sampled share of semantic hits, compare the cached answer with a fresh one."""
+        if hit.layer != "semantic" or random.random() >= plan.settings.shadow_rate:
+            return
+        task = asyncio.get_running_loop().create_task(self._shadow(plan, hit, fresh, agree_threshold))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _shadow(self, plan: CachePlan, hit: CacheHit,
+                      fresh: Callable[[], Awaitable[dict[str, Any] | None]], agree_threshold: float) -> None:
+        try:
+            answer = await fresh()
+        except Exception:  # a failed shadow call says nothing about the cache
+            return
+        if answer is None:
+            return
+        a, b = answer_text(hit.answer), answer_text(answer)
+        va, vb = await asyncio.gather(self.embedder.embed(a), self.embedder.embed(b))
+        agree = a.strip() == b.strip() or float(np.dot(va, vb)) >= agree_threshold
+        metrics.SHADOW.labels(plan.namespace, str(agree).lower()).inc()
+        key = (plan.namespace, agree)
+        self._shadow_counts[key] = self._shadow_counts.get(key, 0) + 1
+        yes = self._shadow_counts.get((plan.namespace, True), 0)
+        no = self._shadow_counts.get((plan.namespace, False), 0)
+        metrics.SHADOW_FALSE_HIT_RATE.labels(plan.namespace).set(no / (yes + no))
+
+    # -- invalidation ------------------------------------------------------------------------
+    async def purge(self, *, tags: Mapping[str, str], key: str | None = None, similar_to: str | None = None,
+                    threshold: float | None = None) -> int:
+        """Delete entries by tags, by exact key, or near a text; clears this replica's L1."""
+        self.l1.clear()
+        if key is not None:
+            return int(await self.store.redis.unlink(self.store.key(key)))
+        vector = await self.embedder.embed(normalise_query(similar_to)) if similar_to is not None else None
+        return await self.store.purge(scope_filter(dict(tags)), vector=vector, threshold=threshold)
+
+    async def stats(self) -> dict[str, Any]:
+        return {"entries": await self.store.count(), "index": self.store.schema.index.name,
+                "l1_entries": len(self.l1), "l1_bytes": self.l1.bytes,
+                "store": "degraded" if self.degraded else "ok"}
+
+    async def drain(self) -> None:
+        """Wait for background stores (shutdown, tests)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+
+def answer_text(answer: Mapping[str, Any]) -> str:
+    choices = answer.get("choices") or [{}]
+    first = choices[0]
+    return str((first.get("message") or {}).get("content") or first.get("text") or "")

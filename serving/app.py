@@ -1,0 +1,156 @@
+"""App factory and lifespan: builds the upstream client, router, embedder, store and cache once."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from fastapi import FastAPI
+from redis.exceptions import RedisError
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from cache.decision import DecisionRule, ThresholdRule
+from cache.embedder import Embedder, MicroBatcher
+from cache.service import CacheService
+from cache.store import CacheStore
+from serving import metrics
+from serving.auth import Authenticator
+from serving.catalog import ModelCatalog
+from serving.config import Settings
+from serving.protocol import OpenAIError, error_body
+from serving.router import Router
+from serving.routes import admin, chat, completions, models, ops
+from serving.singleflight import SingleFlight
+from serving.upstream import UpstreamClient
+
+log = logging.getLogger("cachestack")
+
+
+@dataclass
+class Gateway:
+    """Everything a request handler needs, built once per process."""
+
+    cfg: Settings
+    auth: Authenticator
+    upstream: UpstreamClient
+    router: Router
+    catalog: ModelCatalog
+    cache: CacheService | None
+    singleflight: SingleFlight
+
+
+def build_rule(settings: Settings) -> DecisionRule:
+    """The decision rule the config names (cache/decision.py holds the rules)."""
+    from cache import decision
+
+    factory = getattr(decision, "build_rule", None)
+    if factory is None:
+        return ThresholdRule()
+    return factory(settings.cache.decision)
+
+
+async def build_cache(settings: Settings, embedder: Embedder | None = None) -> CacheService | None:
+    if not settings.cache.enabled:
+        return None
+    e = settings.embedder
+    if embedder is None:
+        embedder = await asyncio.to_thread(Embedder, e.model, backend=e.backend, model_file=e.model_file,
+                                           device=e.device, threads=e.threads)
+    store = CacheStore(settings.redis, embedder.dim)
+    service = CacheService(settings.cache, store, MicroBatcher(embedder, e.batch_wait_ms, e.max_batch),
+                           build_rule(settings), budget_ms=settings.redis.lookup_budget_ms,
+                           retry_after_s=settings.redis.retry_after_s)
+    if not await service.check():
+        log.warning("cache store not reachable at start; serving without it until it answers")
+    return service
+
+
+def create_app(settings: Settings, *, embedder: Embedder | None = None) -> FastAPI:
+    """The gateway. ``embedder`` lets tests share one loaded model across apps."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        upstream = UpstreamClient(settings.upstreams)
+        await upstream.start()
+        router = Router(settings.upstreams)
+        await router.start()
+        catalog = ModelCatalog(upstream, router, settings.upstreams.models_refresh_s)
+        cache = await build_cache(settings, embedder)
+        app.state.gw = Gateway(settings, Authenticator(settings.auth), upstream, router, catalog, cache,
+                               SingleFlight())
+        await catalog.refresh()
+        try:
+            yield
+        finally:
+            if cache is not None:
+                await cache.drain()
+                await cache.store.aclose()
+            await router.aclose()
+            await upstream.aclose()
+
+    app = FastAPI(title="cachestack", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    for module in (chat, completions, models, ops, admin):
+        app.include_router(module.router)
+
+    @app.exception_handler(OpenAIError)
+    async def openai_error(_: Request, exc: OpenAIError) -> Response:
+        return Response(exc.body(), exc.status, media_type="application/json", headers=exc.headers)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_: Request, exc: HTTPException) -> Response:
+        kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+        message = "unknown route" if exc.status_code == 404 else str(exc.detail)
+        return Response(error_body(message, kind, None, exc.status_code), exc.status_code,
+                        media_type="application/json", headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(RedisError)
+    async def store_error(_: Request, exc: RedisError) -> Response:
+        return Response(error_body(f"cache store unavailable: {type(exc).__name__}", "service_unavailable"),
+                        503, media_type="application/json")
+
+    @app.exception_handler(Exception)
+    async def internal_error(_: Request, exc: Exception) -> Response:
+        log.exception("unhandled error")  # the trace stays in our log, never in the response
+        return Response(error_body("internal error", "internal_error"), 500, media_type="application/json")
+
+    return RequestMetrics(app)  # type: ignore[return-value]
+
+
+class RequestMetrics:
+    """Counts requests by route, model and status (pure ASGI: no per-request task like BaseHTTPMiddleware)."""
+
+    def __init__(self, app: FastAPI) -> None:
+        self.app = app
+        self.state = app.state
+
+    def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+        return getattr(self.app, name)
+
+    async def __call__(self, scope, receive, send):  # type: ignore[no-untyped-def]
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        status = 500
+        started = time.perf_counter()
+
+        async def send_status(message):  # type: ignore[no-untyped-def]
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        metrics.IN_FLIGHT.inc()
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            metrics.IN_FLIGHT.dec()
+            path = getattr(scope.get("route"), "path", "unmatched")
+            model = scope.get("state", {}).get("model", "none") if status < 400 or status >= 500 else "none"
+            metrics.REQUESTS.labels(path, model, str(status)).inc()
+            if path not in ("/v1/chat/completions", "/v1/completions"):
+                metrics.REQUEST_SECONDS.labels(path, "none").observe(time.perf_counter() - started)

@@ -1,0 +1,233 @@
+"""The request flow of /v1/chat/completions and /v1/completions, steps 1-8 of DESIGN.md.
+
+auth -> protocol -> cache plan (policy, keys) -> lookup -> HIT: answer from cache
+                                                        -> MISS: single-flight -> router -> vLLM -> relay
+-> store after the response is sent (only complete answers) -> metrics.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response, StreamingResponse
+
+from cache.policy import CachePlan, PolicyError
+from cache.service import CacheHit, Lookup
+from serving import metrics
+from serving.protocol import ChatCompletionRequest, CompletionRequest, OpenAIError, SamplingFields, parse_request
+from serving.router import affinity_text
+from serving.streaming import StreamAssembler, replay
+
+if TYPE_CHECKING:
+    from serving.app import Gateway
+
+KINDS: dict[str, tuple[str, type[SamplingFields]]] = {
+    "chat": ("/v1/chat/completions", ChatCompletionRequest),
+    "completion": ("/v1/completions", CompletionRequest),
+}
+SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 as soon as it passes ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise OpenAIError(413, f"request body is larger than {limit} bytes", code="request_too_large")
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise OpenAIError(413, f"request body is larger than {limit} bytes", code="request_too_large")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise OpenAIError(400, "client disconnected while sending the body", code="client_disconnected") from None
+    return b"".join(chunks)
+
+
+def cache_headers(result: str, hit: CacheHit | None = None) -> dict[str, str]:
+    headers = {"x-cache": result}
+    if hit is not None:
+        headers["x-cache-layer"] = hit.layer
+        headers["age"] = str(int(hit.age_s))
+        if hit.similarity is not None:
+            headers["x-cache-similarity"] = f"{hit.similarity:.4f}"
+    return headers
+
+
+async def handle(request: Request, kind: str) -> Response:
+    gw: Gateway = request.app.state.gw
+    path, model_cls = KINDS[kind]
+    started = time.perf_counter()
+    tenant = gw.auth.tenant(request.headers.get("authorization"))
+    raw = await read_body(request, gw.cfg.server.max_body_bytes)
+    body, parsed = parse_request(raw, model_cls)
+    await gw.catalog.check(parsed.model)
+    request.state.model = parsed.model
+
+    forward = _forward_body(gw, body, raw, tenant)
+    plan: CachePlan | None = None
+    lookup = Lookup()
+    if gw.cache is not None:
+        try:
+            plan = gw.cache.plan(kind, body, tenant, request.headers.get("cache-control"),
+                                 request.headers.get("x-cache-namespace"))
+        except PolicyError as exc:
+            raise OpenAIError(400, str(exc), param=exc.param, code="invalid_namespace") from None
+        if plan.lookup:
+            lookup = await gw.cache.lookup(plan)
+            if lookup.hit is not None:
+                metrics.REQUEST_SECONDS.labels(path, "HIT").observe(time.perf_counter() - started)
+                gw.cache.maybe_shadow(plan, lookup.hit, lambda: _fresh_answer(gw, path, body, forward))
+                return _hit_response(lookup.hit, kind, parsed)
+    result = "MISS" if plan is not None and (plan.lookup or plan.store) else "BYPASS"
+
+    if parsed.stream:
+        return await _stream_miss(gw, kind, path, body, forward, plan, lookup, result, started)
+    if plan is not None and plan.store:
+        status, data, ctype = await gw.singleflight.run(plan.exact_key, lambda: _call(gw, path, body, forward))
+    else:
+        status, data, ctype = await _call(gw, path, body, forward)
+    if status == 200:
+        answer = _json_object(data)
+        if answer is not None:
+            _after_answer(gw, plan, lookup, answer)
+    metrics.REQUEST_SECONDS.labels(path, result).observe(time.perf_counter() - started)
+    return Response(data, status, media_type=ctype, headers=cache_headers(result))
+
+
+def _forward_body(gw: Gateway, body: dict[str, Any], raw: bytes, tenant: str) -> bytes:
+    """The bytes sent to vLLM: the client's own, unless the tenant's prefix-cache salt must be set.
+
+    With tenants configured, ``cache_salt`` is always the gateway's (a client-chosen salt could
+    probe another tenant's prefix cache); without tenants the client's own is passed through.
+    """
+    if not gw.auth.multi_tenant:
+        return raw
+    salt = hashlib.sha256(b"cachestack-tenant:" + tenant.encode()).hexdigest()[:32]
+    return orjson.dumps({**body, "cache_salt": salt})
+
+
+async def _call(gw: Gateway, path: str, body: dict[str, Any], data: bytes) -> tuple[int, bytes, str]:
+    replica = gw.router.choose(affinity_text(body))
+    ok = False
+    try:
+        resp = await gw.upstream.post(replica.url, path, data)
+        payload = await resp.read()
+        ok = resp.status < 500
+        if resp.status >= 500:
+            return _upstream_error(resp.status, payload)
+        return resp.status, payload, resp.content_type
+    except OpenAIError as exc:
+        metrics.UPSTREAM_ERRORS.labels(str(exc.code)).inc()
+        raise
+    finally:
+        gw.router.release(replica, ok)
+
+
+def _upstream_error(status: int, payload: bytes) -> tuple[int, bytes, str]:
+    """vLLM 5xx -> 502 (503 stays 503), keeping vLLM's message when it is OpenAI-shaped."""
+    metrics.UPSTREAM_ERRORS.labels(f"http_{status}").inc()
+    out = 503 if status == 503 else 502
+    try:
+        doc = orjson.loads(payload)
+        if isinstance(doc, dict) and isinstance(doc.get("error"), dict):
+            return out, payload, "application/json"
+    except orjson.JSONDecodeError:
+        pass
+    return out, OpenAIError(out, f"upstream answered HTTP {status}", "upstream_error").body(), "application/json"
+
+
+def _json_object(data: bytes) -> dict[str, Any] | None:
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+async def _fresh_answer(gw: Gateway, path: str, body: dict[str, Any], data: bytes) -> dict[str, Any] | None:
+    """A non-streamed fresh answer for shadow checks of a hit."""
+    if body.get("stream"):
+        data = orjson.dumps({**orjson.loads(data), "stream": False})
+    status, payload, _ = await _call(gw, path, body, data)
+    return _json_object(payload) if status == 200 else None
+
+
+def _after_answer(gw: Gateway, plan: CachePlan | None, lookup: Lookup, answer: dict[str, Any]) -> None:
+    """Cached-token metrics, and the store step for a complete answer (after it was sent)."""
+    usage = answer.get("usage") or {}
+    model = str(answer.get("model") or "unknown")
+    metrics.PROMPT_TOKENS.labels(model).inc(usage.get("prompt_tokens") or 0)
+    cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
+    if cached:
+        metrics.CACHED_PROMPT_TOKENS.labels(model).inc(cached)
+    if plan is not None and plan.store and gw.cache is not None:
+        choices = answer.get("choices") or []
+        if choices and all(c.get("finish_reason") == "stop" for c in choices):
+            gw.cache.store_later(plan, answer, lookup.embedding)
+
+
+async def _stream_miss(gw: Gateway, kind: str, path: str, body: dict[str, Any], data: bytes,
+                       plan: CachePlan | None, lookup: Lookup, result: str, started: float) -> Response:
+    replica = gw.router.choose(affinity_text(body))
+    try:
+        resp = await gw.upstream.post(replica.url, path, data)
+    except OpenAIError as exc:
+        gw.router.release(replica, False)
+        metrics.UPSTREAM_ERRORS.labels(str(exc.code)).inc()
+        raise
+    if resp.status != 200:
+        payload = await resp.read()
+        gw.router.release(replica, resp.status < 500)
+        status, payload, ctype = _upstream_error(resp.status, payload) if resp.status >= 500 else (
+            resp.status, payload, resp.content_type)
+        return Response(payload, status, media_type=ctype, headers=cache_headers(result))
+
+    assembler = StreamAssembler(kind)
+
+    async def relay() -> AsyncIterator[bytes]:
+        ok = False
+        first = True
+        try:
+            async for chunk in resp.chunks():
+                if first:
+                    metrics.REQUEST_SECONDS.labels(path, result).observe(time.perf_counter() - started)
+                    first = False
+                assembler.feed(chunk)
+                yield chunk
+            ok = True
+        except OpenAIError as exc:  # upstream broke off: tell the client in-band, store nothing
+            metrics.UPSTREAM_ERRORS.labels(str(exc.code)).inc()
+            yield b"data: " + exc.body() + b"\n\n"
+        finally:  # also on client disconnect: closing the upstream connection aborts the generation
+            resp.close()
+            gw.router.release(replica, ok)
+        answer = assembler.complete_answer()
+        if answer is not None:
+            _after_answer(gw, plan, lookup, answer)
+
+    return StreamingResponse(relay(), media_type="text/event-stream",
+                             headers={**SSE_HEADERS, **cache_headers(result)})
+
+
+def _hit_response(hit: CacheHit, kind: str, parsed: SamplingFields) -> Response:
+    prefix = "chatcmpl" if kind == "chat" else "cmpl"
+    new_id = f"{prefix}-cache-{uuid.uuid4().hex}"
+    created = int(time.time())
+    headers = cache_headers("HIT", hit)
+    if parsed.stream:
+        include_usage = bool(parsed.stream_options and parsed.stream_options.include_usage)
+        # Many chunk events (as a live stream has), written at once: nothing is left to wait for.
+        events = b"".join(replay(hit.answer, kind, id=new_id, created=created, include_usage=include_usage))
+        return Response(events, 200, media_type="text/event-stream", headers={**SSE_HEADERS, **headers})
+    answer = {**hit.answer, "id": new_id, "created": created}
+    return Response(orjson.dumps(answer), 200, media_type="application/json", headers=headers)
+

@@ -1,0 +1,20 @@
+"""Prometheus collectors of the HTTP surface (cache collectors live in cache/metrics.py)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512,
+                   1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
+
+REQUESTS = Counter("cachestack_requests_total", "Requests answered, by route, model and HTTP status",
+                   ["route", "model", "status"])
+REQUEST_SECONDS = Histogram("cachestack_request_seconds",
+                            "Time to the response headers (streams: to the first byte), by route and cache result",
+                            ["route", "cache"], buckets=LATENCY_BUCKETS)
+IN_FLIGHT = Gauge("cachestack_in_flight_requests", "Requests being handled now")
+UPSTREAM_ERRORS = Counter("cachestack_upstream_errors_total", "Upstream failures by kind", ["code"])
+PROMPT_TOKENS = Counter("cachestack_upstream_prompt_tokens_total", "Prompt tokens sent to vLLM", ["model"])
+CACHED_PROMPT_TOKENS = Counter("cachestack_upstream_cached_prompt_tokens_total",
+                               "Prompt tokens vLLM served from its prefix cache (usage.prompt_tokens_details)",
+                               ["model"])

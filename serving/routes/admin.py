@@ -1,0 +1,59 @@
+"""Admin API (admin key): POST /admin/cache/purge, GET /admin/cache/stats."""
+
+from __future__ import annotations
+
+import orjson
+from fastapi import APIRouter
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.requests import Request
+from starlette.responses import Response
+
+from serving.generation import read_body
+from serving.protocol import OpenAIError
+
+router = APIRouter()
+
+
+class PurgeRequest(BaseModel):
+    """At least one filter; filters combine with AND. ``similar_to`` purges near-duplicates of a text."""
+
+    model_config = ConfigDict(extra="forbid")
+    namespace: str | None = Field(None, min_length=1)
+    tenant: str | None = Field(None, min_length=1)
+    model: str | None = Field(None, min_length=1)
+    version: str | None = Field(None, min_length=1)
+    key: str | None = Field(None, pattern=r"^[0-9a-f]{32}$")
+    similar_to: str | None = Field(None, min_length=1)
+    threshold: float | None = Field(None, ge=0.0, le=1.0)
+
+
+def _cache(request: Request):  # type: ignore[no-untyped-def]
+    gw = request.app.state.gw
+    gw.auth.require_admin(request.headers.get("authorization"))
+    if gw.cache is None:
+        raise OpenAIError(409, "the cache is disabled in this gateway's config", code="cache_disabled")
+    return gw.cache
+
+
+@router.post("/admin/cache/purge")
+async def purge(request: Request) -> Response:
+    cache = _cache(request)
+    raw = await read_body(request, 65536)
+    try:
+        req = PurgeRequest.model_validate_json(raw or b"{}")
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        param = ".".join(str(p) for p in first["loc"]) or None
+        raise OpenAIError(400, f"invalid purge request: {param}: {first['msg']}", param=param) from None
+    tags = {k: v for k, v in {"namespace": req.namespace, "tenant": req.tenant, "model": req.model,
+                              "version": req.version}.items() if v is not None}
+    if not tags and req.key is None and req.similar_to is None:
+        raise OpenAIError(400, "name at least one filter: namespace, tenant, model, version, key or similar_to")
+    purged = await cache.purge(tags=tags, key=req.key, similar_to=req.similar_to, threshold=req.threshold)
+    return Response(orjson.dumps({"purged": purged}), media_type="application/json")
+
+
+@router.get("/admin/cache/stats")
+async def stats(request: Request) -> Response:
+    cache = _cache(request)
+    return Response(orjson.dumps(await cache.stats()), media_type="application/json")

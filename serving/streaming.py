@@ -1,0 +1,130 @@
+"""Server-sent events: assembling a relayed stream into a storable answer, and replaying one.
+
+A stored answer always has the non-streaming shape (``chat.completion`` or ``text_completion``), so
+one cache entry serves both ``stream: true`` and ``stream: false`` clients. A stream is only
+assembled into an answer when every choice finished with ``stop``; anything else (an error event,
+a ``length`` truncation, a stream that broke off) yields nothing to store.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+
+DONE = b"data: [DONE]\n\n"
+_WORDS = re.compile(r"\S+\s*|\s+")
+
+
+class StreamAssembler:
+    """Fed the upstream's SSE bytes as they pass; rebuilds the complete answer if there is one."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind  # "chat" or "completion"
+        self._buf = b""
+        self._text: dict[int, list[str]] = {}
+        self._finish: dict[int, str | None] = {}
+        self._role: dict[int, str] = {}
+        self._head: dict[str, Any] = {}
+        self.usage: dict[str, Any] | None = None
+        self.done = False
+        self.broken = False
+
+    def feed(self, chunk: bytes) -> None:
+        if self.broken:
+            return
+        self._buf += chunk
+        while True:
+            end = self._buf.find(b"\n\n")
+            if end < 0:
+                return
+            event, self._buf = self._buf[:end], self._buf[end + 2 :]
+            for line in event.split(b"\n"):
+                if line.startswith(b"data:"):
+                    self._data(line[5:].strip())
+
+    def _data(self, data: bytes) -> None:
+        if data == b"[DONE]":
+            self.done = True
+            return
+        try:
+            obj = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            self.broken = True
+            return
+        if not isinstance(obj, dict) or "error" in obj:
+            self.broken = True
+            return
+        if not self._head:
+            self._head = {k: obj.get(k) for k in ("id", "model", "system_fingerprint")}
+        if obj.get("usage"):
+            self.usage = obj["usage"]
+        for choice in obj.get("choices") or []:
+            i = int(choice.get("index", 0))
+            if self.kind == "chat":
+                delta = choice.get("delta") or {}
+                if delta.get("role"):
+                    self._role[i] = delta["role"]
+                if delta.get("tool_calls") or delta.get("function_call"):
+                    self.broken = True  # tool calls are not assembled; such answers are not stored
+                piece = delta.get("content")
+            else:
+                piece = choice.get("text")
+            if piece:
+                self._text.setdefault(i, []).append(piece)
+            if choice.get("finish_reason") is not None:
+                self._finish[i] = choice["finish_reason"]
+
+    def complete_answer(self) -> dict[str, Any] | None:
+        """The answer in non-streaming shape, or None unless every choice ended with "stop"."""
+        if self.broken or not self.done or not self._finish:
+            return None
+        if any(reason != "stop" for reason in self._finish.values()):
+            return None
+        choices = []
+        for i in sorted(self._finish):
+            text = "".join(self._text.get(i, []))
+            if self.kind == "chat":
+                msg = {"role": self._role.get(i, "assistant"), "content": text}
+                choices.append({"index": i, "message": msg, "finish_reason": "stop", "logprobs": None})
+            else:
+                choices.append({"index": i, "text": text, "finish_reason": "stop", "logprobs": None})
+        return {
+            "id": self._head.get("id"),
+            "object": "chat.completion" if self.kind == "chat" else "text_completion",
+            "model": self._head.get("model"),
+            "choices": choices,
+            "usage": self.usage,
+        }
+
+
+def _event(obj: dict[str, Any]) -> bytes:
+    return b"data: " + orjson.dumps(obj) + b"\n\n"
+
+
+def replay(answer: dict[str, Any], kind: str, *, id: str, created: int, include_usage: bool) -> Iterator[bytes]:
+    """A stored answer as OpenAI stream chunks: role, content word by word, finish, usage, [DONE]."""
+    obj_type = "chat.completion.chunk" if kind == "chat" else "text_completion"
+    base = {"id": id, "object": obj_type, "created": created, "model": answer.get("model")}
+
+    def chunk(choices: list[dict[str, Any]], **extra: Any) -> bytes:
+        return _event({**base, "choices": choices, **extra})
+
+    for choice in answer.get("choices", []):
+        i = choice.get("index", 0)
+        if kind == "chat":
+            message = choice.get("message") or {}
+            yield chunk([{"index": i, "delta": {"role": message.get("role", "assistant"), "content": ""},
+                          "logprobs": None, "finish_reason": None}])
+            for piece in _WORDS.findall(message.get("content") or ""):
+                yield chunk([{"index": i, "delta": {"content": piece}, "logprobs": None, "finish_reason": None}])
+            yield chunk([{"index": i, "delta": {}, "logprobs": None, "finish_reason": choice.get("finish_reason")}])
+        else:
+            for piece in _WORDS.findall(choice.get("text") or ""):
+                yield chunk([{"index": i, "text": piece, "logprobs": None, "finish_reason": None}])
+            yield chunk([{"index": i, "text": "", "logprobs": None, "finish_reason": choice.get("finish_reason")}])
+    if include_usage and answer.get("usage"):
+        yield chunk([], usage=answer["usage"])
+    yield DONE
