@@ -77,7 +77,7 @@ def test_compose_profiles_and_gateway_config(tmp_path: Path, monkeypatch) -> Non
 
 
 URL = re.compile(r"\b[a-z][a-z0-9+.-]*://([^/\s:'\"]+)")
-LOCAL_HOSTS = re.compile(r"^(127\.0\.0\.1|localhost|redis|vllm|<[^>]+>|\{\{.*|.*\.svc(\.cluster\.local)?)$")
+LOCAL_HOSTS = re.compile(r"^(127\.0\.0\.1|localhost|redis|vllm|<[^>]+>|\{\{.*|.*%s.*|.*\.svc(\.cluster\.local)?)$")
 
 
 def test_no_external_host_names_in_chart_or_images() -> None:
