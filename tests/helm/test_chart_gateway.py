@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import container, find, one, render, render_profile
+from chart_helpers import container, find, one, render, render_profile
 
 from serving.config import load_config
 

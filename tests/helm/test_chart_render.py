@@ -6,7 +6,7 @@ import helm_python as helm
 import kubernetes_validate
 import pytest
 import yaml
-from conftest import CHART, profile_values, raw_profile, render_profile
+from chart_helpers import CHART, profile_values, raw_profile, render_profile
 
 pytestmark = pytest.mark.helm
 
@@ -39,7 +39,7 @@ def test_every_manifest_matches_kubernetes_schema(profile: str) -> None:
 def test_optional_crds_render_with_expected_shape() -> None:
     """ServiceMonitor/PodMonitor/ScaledObject are skipped by the schema check, so check their fields here."""
     values = {"metrics": {"serviceMonitor": {"enabled": True}}, "vllm": {"keda": {"enabled": True}}}
-    from conftest import render, vllm_deployments
+    from chart_helpers import render, vllm_deployments
 
     docs = render(values)
     sm = [d for d in docs if d["kind"] == "ServiceMonitor"]

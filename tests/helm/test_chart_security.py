@@ -6,7 +6,7 @@ import json
 
 import helm_python as helm
 import pytest
-from conftest import CHART, container, find, one, render, render_profile, vllm_deployments
+from chart_helpers import CHART, container, find, one, render, render_profile, vllm_deployments
 
 pytestmark = pytest.mark.helm
 
@@ -77,7 +77,7 @@ def test_schema_rejects_bad_values(values: dict, message: str) -> None:
 
 
 def test_schema_accepts_defaults_and_profiles(profile: str) -> None:
-    from conftest import profile_values
+    from chart_helpers import profile_values
 
     with helm.Chart.load(str(CHART)) as chart:
         chart.validate_schema(chart.merge_values(profile_values(profile)))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import container, find, one, render, render_profile, vllm_deployments
+from chart_helpers import container, find, one, render, render_profile, vllm_deployments
 
 pytestmark = pytest.mark.helm
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import CHART, REPO
+from chart_helpers import CHART, REPO
 
 from serving.config import load_config
 
