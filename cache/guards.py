@@ -101,6 +101,7 @@ _RELATIVE = re.compile(r"\b(this|next|last|previous|past|coming|upcoming)\s+(wee
 _AGO = re.compile(r"\b(ago|from now|in the past|in the future)\b")
 
 DIRECTIONAL = {"to", "from", "into", "than", "onto", "towards", "toward"}
+_DIR_SYNONYM = {"into": "to", "onto": "to", "towards": "to", "toward": "to"}
 STOPWORDS = {
     "a", "an", "the", "is", "are", "was", "were", "be", "been", "do", "does", "did", "i", "you", "we",
     "my", "your", "our", "it", "its", "of", "in", "on", "at", "for", "with", "and", "or", "how", "what",
@@ -111,7 +112,8 @@ STOPWORDS = {
 
 
 def tokens(text: str) -> list[str]:
-    return _TOKEN.findall(text.casefold())
+    toks = _TOKEN.findall(text.casefold().replace("\u2019", "'"))
+    return [t[:-2] if t.endswith("'s") else t for t in toks]
 
 
 def numbers(text: str) -> Counter[str]:
@@ -167,33 +169,29 @@ def _content(toks: list[str]) -> Counter[str]:
     return Counter(t for t in toks if t.isalnum() and t not in STOPWORDS and t not in DIRECTIONAL)
 
 
-def _objects(toks: list[str]) -> dict[str, str]:
-    """directional word -> the first content word after it."""
-    out: dict[str, str] = {}
+def _objects(toks: list[str]) -> Counter[tuple[str, str]]:
+    """(directional word, the first content word after it) for every directional word."""
+    out: Counter[tuple[str, str]] = Counter()
     for i, t in enumerate(toks):
-        if t in DIRECTIONAL and t not in out:
+        if t in DIRECTIONAL:
             for nxt in toks[i + 1 :]:
-                if nxt.isalnum() and nxt not in STOPWORDS:
-                    out[t] = nxt
+                if nxt.isalnum() and nxt not in STOPWORDS and nxt not in DIRECTIONAL:
+                    out[(_DIR_SYNONYM.get(t, t), nxt)] += 1
                     break
     return out
 
 
 def direction_guard(a: str, b: str) -> str | None:
     ta, tb = tokens(a), tokens(b)
-    if _content(ta) != _content(tb):
-        return None  # not a reordering of the same words; other checks judge it
+    if ta == tb or _content(ta) != _content(tb):
+        return None  # not a reordering of the same words; the other checks judge it
     oa, ob = _objects(ta), _objects(tb)
-    for marker in oa.keys() & ob.keys():
-        if oa[marker] != ob[marker]:
-            return f"direction differs ({marker} {oa[marker]} / {marker} {ob[marker]})"
-    if ta != tb and oa.keys() != ob.keys() and (oa or ob):
-        # "from x to y" vs "to x from y" and friends: same words, different roles
-        roles_a = {v: k for k, v in oa.items()}
-        roles_b = {v: k for k, v in ob.items()}
-        for word in roles_a.keys() & roles_b.keys():
-            if roles_a[word] != roles_b[word]:
-                return f"direction differs ({roles_a[word]} {word} / {roles_b[word]} {word})"
+    markers_a = Counter(m for m, _ in oa.elements())
+    markers_b = Counter(m for m, _ in ob.elements())
+    if markers_a == markers_b and oa != ob:
+        # same words, but a different word follows "to"/"from"/"than": roles swapped
+        diff = sorted((oa - ob) + (ob - oa))
+        return f"direction differs ({' '.join(diff[0])})"
     return None
 
 

@@ -1,0 +1,73 @@
+"""The lexical guards: near-misses that differ in a number, polarity, direction, opposite word or time
+are vetoed; harmless rewordings pass."""
+
+from __future__ import annotations
+
+import pytest
+
+from cache import guards
+from cache.keys import normalise_query
+
+NEAR_MISSES = [
+    ("How do I enable 2FA on my account?", "How do I disable 2FA on my account?", "opposite"),
+    ("NEET score 492 which college", "NEET 385 marks which college", "numbers"),
+    ("Can I return an item without a receipt?", "Can I return an item with a receipt?", "negation"),
+    ("Is the store open on Sunday?", "Is the store not open on Sunday?", "negation"),
+    ("Why can't I log in to the app", "Why can I log in to the app", "negation"),
+    ("Convert USD to EUR", "Convert EUR to USD", "direction"),
+    ("Flights from Paris to London", "Flights from London to Paris", "direction"),
+    ("Is Python faster than Java?", "Is Java faster than Python?", "direction"),
+    ("What's the weather today in Berlin", "What's the weather tomorrow in Berlin", "time"),
+    ("Sales report for last week", "Sales report for next week", "time"),
+    ("Is the office open on Monday", "Is the office open on Friday", "time"),
+    ("How do I upload photos to my drive", "How do I download photos to my drive", "opposite"),
+    ("Refund for order 1234", "Refund for order 1243", "numbers"),
+    ("Write two paragraphs about dogs", "Write three paragraphs about dogs", "numbers"),
+    ("How to increase my credit limit", "How to decrease my credit limit", "opposite"),
+    ("Transfer money from savings to checking", "Transfer money from checking to savings", "direction"),
+]
+
+PARAPHRASES = [
+    ("How do I enable 2FA on my account?", "How can I turn on 2FA for my account?"),
+    ("What is the capital of France?", "What's the capital city of France"),
+    ("Difference between cats and dogs", "Difference between dogs and cats"),
+    ("How can I lose 10 pounds in 2 months", "How do I lose ten pounds in two months?"),
+    ("Flights from Paris to London", "Cheap flights from Paris to London"),
+    ("Why can't I log in to the app?", "Why am I not able to log in to the app"),
+    ("What is the weather today in Berlin", "Today's weather in Berlin"),
+]
+
+
+@pytest.mark.parametrize(("a", "b", "kind"), NEAR_MISSES)
+def test_near_misses_are_vetoed(a: str, b: str, kind: str) -> None:
+    reason = guards.check(normalise_query(a), normalise_query(b))
+    assert reason is not None, (a, b)
+    assert kind in reason, reason
+    # symmetric: the cached and the new query may be either way round
+    assert guards.check(normalise_query(b), normalise_query(a)) is not None
+
+
+@pytest.mark.parametrize(("a", "b"), PARAPHRASES)
+def test_paraphrases_pass(a: str, b: str) -> None:
+    assert guards.check(normalise_query(a), normalise_query(b)) is None
+
+
+def test_number_words_equal_digits() -> None:
+    assert guards.numbers("lose ten pounds in 2 months") == guards.numbers("lose 10 pounds in two months")
+    assert guards.numbers("1,000 users") == guards.numbers("1000 users")
+    assert guards.numbers("version 2.5") != guards.numbers("version 2.6")
+
+
+def test_double_negation_keeps_polarity() -> None:
+    assert guards.negation_guard("is it not true that nobody came", "is it true that somebody came") is None
+
+
+def test_enabled_subset_only_runs_named_guards() -> None:
+    a, b = "refund for order 1234", "refund for order 1243"
+    assert guards.check(a, b, frozenset({"negation", "time"})) is None
+    assert guards.check(a, b, frozenset({"numbers"})) is not None
+
+
+def test_may_as_verb_is_not_a_month() -> None:
+    assert guards.time_guard("may i cancel my order", "can i cancel my order") is None
+    assert guards.time_guard("cancel my order placed in may", "cancel my order placed in june") is not None
