@@ -19,7 +19,13 @@ Load is vLLM's own ``num_requests_running + num_requests_waiting`` when a fresh 
 Health: ``eject_after_failures`` consecutive failures eject a replica for ``eject_for_s``; after that
 it is tried again, and one more failure ejects it again at once.
 
-Memory: the ring holds ``replicas x virtual_nodes`` integers; nothing is kept per prompt or key.
+Sticky conversations: a bounded LRU (``routing.session_affinity_entries``, default
+:data:`DEFAULT_SESSION_ENTRIES`) maps a hash of the whole affinity text (one conversation) to the
+replica it last went to. A conversation that bounded load moved, or that started before a replica
+joined, stays where its history is cached while that replica is healthy and under the cap.
+
+Memory: the ring holds ``replicas x virtual_nodes`` integers, the LRU at most
+``session_affinity_entries`` (int, url) pairs; no prompt text is kept.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import json
 import logging
 import math
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -44,6 +51,9 @@ from serving.vllm_metrics import VllmMetrics
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
+
+DEFAULT_SESSION_ENTRIES = 65_536
+"""Conversations remembered for stickiness (~100 bytes each) when the config does not say."""
 
 
 class NoReplica(RuntimeError):
@@ -179,6 +189,9 @@ class Router:
         self._by_url: dict[str, Replica] = {}
         self._ring = HashRing([], self.routing.virtual_nodes)
         self._rr = 0
+        # read with a default until the config model has the field
+        self._sessions_max = int(getattr(self.routing, "session_affinity_entries", DEFAULT_SESSION_ENTRIES))
+        self._sessions: OrderedDict[int, str] = OrderedDict()
         self.vllm_metrics = metrics if metrics is not None else VllmMetrics(
             self.routing.metrics_scrape_s, headers=self._auth_headers(), clock=clock
         )
@@ -215,6 +228,10 @@ class Router:
         self._replicas = [self._by_url.get(u) or Replica(u) for u in urls]
         self._by_url = {r.url: r for r in self._replicas}
         self._ring = HashRing(urls, self.routing.virtual_nodes)
+        keep = set(urls)
+        for session, url in list(self._sessions.items()):
+            if url not in keep:
+                del self._sessions[session]
         self.vllm_metrics.set_targets(urls)
         log.info("upstream replicas: %d (%s)", len(urls), ", ".join(urls))
 
@@ -253,7 +270,7 @@ class Router:
         elif policy == "least_loaded" or not affinity:
             replica = self._least_loaded(healthy)
         else:
-            replica = self._prefix_aware(affinity[: self.routing.prefix_chars], healthy)
+            replica = self._prefix_aware(affinity, healthy)
         replica.in_flight += 1
         replica.chosen += 1
         return replica
@@ -265,9 +282,25 @@ class Router:
         order = healthy[k:] + healthy[:k]
         return min(order, key=self.load)
 
-    def _prefix_aware(self, key: str, healthy: list[Replica]) -> Replica:
+    def _prefix_aware(self, affinity: str, healthy: list[Replica]) -> Replica:
         loads = {r.url: self.load(r) for r in healthy}
         limit = self._limit(list(loads.values()))
+        session = _hash64(affinity) if self._sessions_max > 0 else None
+        if session is not None:
+            url = self._sessions.get(session)
+            if url is not None and url in loads and loads[url] + 1 <= limit:
+                self._sessions.move_to_end(session)
+                return self._by_url[url]
+        replica = self._ring_choice(affinity[: self.routing.prefix_chars], healthy, loads, limit)
+        if session is not None:
+            self._sessions[session] = replica.url
+            self._sessions.move_to_end(session)
+            if len(self._sessions) > self._sessions_max:
+                self._sessions.popitem(last=False)
+        return replica
+
+    def _ring_choice(self, key: str, healthy: list[Replica], loads: dict[str, int], limit: int) -> Replica:
+        """First healthy replica under the cap, walking the ring from ``key``'s owner."""
         first = True
         for url in self._ring.walk(key):
             if url not in loads:  # ejected

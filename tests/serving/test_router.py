@@ -110,25 +110,43 @@ def test_distribution_over_many_prefixes_is_roughly_even() -> None:
         assert 0.15 < counts[url] / 20000 < 0.35, counts
 
 
+HOT = "system: one very hot shared system prompt, longer than prefix_chars " * 2
+
+
+def conv(i: int) -> str:
+    """Conversation i of the hot system prompt: same ring key (prefix_chars=64), own session."""
+    return f"{HOT}\nuser: conversation {i}"
+
+
 def test_bounded_load_spills_to_next_on_ring_and_comes_back() -> None:
-    router = make_router(load_factor=1.25)
-    key = "system: one very hot prefix"
-    owner = router.owner(key)
-    assert owner is not None
-    held = [router.choose(key) for _ in range(40)]  # none released: all in flight at once
+    router = make_router(load_factor=1.25, prefix_chars=64)
+    owner = router.owner(conv(0))
+    assert owner is not None and all(router.owner(conv(i)) is owner for i in range(40))
+    held = [router.choose(conv(i)) for i in range(40)]  # none released: all in flight at once
     total = len(held)
     limit = max(math.ceil(1.25 * total / 4), total // 4 + 1)
     loads = {r.url: r.in_flight for r in router.replicas()}
     assert max(loads.values()) <= limit
     assert loads[owner.url] == max(loads.values())  # the owner keeps the largest share
     assert sum(r.spilled for r in router.replicas()) > 0
-    ring_order = list(router._ring.walk(key))
+    ring_order = list(router._ring.walk(conv(0)[:64]))
     # the first spill goes to the next replica on the ring, not a random one
     first_other = next(r for r in held if r is not owner)
     assert first_other.url == ring_order[1]
     for r in held:
         router.release(r, ok=True)
-    assert route(router, key) is owner
+    assert route(router, conv(1000)) is owner  # a new conversation: back to the owner
+    spilled_conv = next(i for i, r in enumerate(held) if r is not owner)
+    # a spilled conversation stays where its history is cached, now that the owner is idle too
+    assert route(router, conv(spilled_conv)) is held[spilled_conv]
+
+
+def test_session_memory_is_bounded() -> None:
+    router = make_router(prefix_chars=64)
+    router._sessions_max = 100
+    for i in range(1000):
+        route(router, conv(i))
+    assert len(router._sessions) == 100
 
 
 def test_bounded_load_does_not_spill_at_low_concurrency() -> None:
@@ -145,17 +163,16 @@ def test_bounded_load_does_not_spill_at_low_concurrency() -> None:
 
 def test_bounded_load_uses_fresh_vllm_queue() -> None:
     clock = FakeClock()
-    router = make_router(urls=URLS4[:2], clock=clock)
-    key = "system: prefix with a busy owner"
-    owner = router.owner(key)
+    router = make_router(urls=URLS4[:2], clock=clock, prefix_chars=64)
+    owner = router.owner(conv(0))
     other = next(r for r in router.replicas() if r is not owner)
     assert owner is not None
     # other gateways keep the owner busy: vLLM reports 12 queued, the other replica idle
     router.vllm_metrics.put(owner.url, VllmSnapshot(at=clock.now, running=4, waiting=8))
     router.vllm_metrics.put(other.url, VllmSnapshot(at=clock.now, running=0, waiting=0))
-    assert route(router, key) is other
+    assert route(router, conv(0)) is other
     clock.now += 3 * router.routing.metrics_scrape_s  # stale: back to in-flight counts
-    assert route(router, key) is owner
+    assert route(router, conv(1)) is owner
 
 
 def test_load_adds_own_requests_since_the_scrape() -> None:
@@ -176,31 +193,31 @@ def test_load_adds_own_requests_since_the_scrape() -> None:
 
 def test_ejection_after_consecutive_failures_and_recovery() -> None:
     clock = FakeClock()
-    router = make_router(clock=clock, eject_after_failures=3, eject_for_s=10.0)
-    key = "system: ejected owner"
-    owner = router.owner(key)
+    router = make_router(clock=clock, eject_after_failures=3, eject_for_s=10.0, prefix_chars=64)
+    owner = router.owner(conv(0))
     assert owner is not None
     for _ in range(2):
-        router.release(router.choose(key), ok=False)
-    router.release(router.choose(key), ok=True)  # a success resets the streak
+        router.release(router.choose(conv(0)), ok=False)
+    router.release(router.choose(conv(0)), ok=True)  # a success resets the streak
     for _ in range(2):
-        router.release(router.choose(key), ok=False)
-    assert route(router, key) is owner  # still 2 in a row
+        router.release(router.choose(conv(0)), ok=False)
+    assert route(router, conv(0)) is owner  # still 2 in a row
     for _ in range(3):
-        router.release(router.choose(key), ok=False)
+        router.release(router.choose(conv(0)), ok=False)
     assert not owner.available(clock.now)
     assert owner.ejections == 1
-    others = {route(router, key).url for _ in range(20)}
+    others = {route(router, conv(i)).url for i in range(20)}
     assert owner.url not in others and len(others) == 1  # consistently the next replica on the ring
     assert {r["url"] for r in router.status() if not r["healthy"]} == {owner.url}
     clock.now += 10.5
-    retried = router.choose(key)
-    assert retried is owner  # tried again after eject_for_s
+    assert route(router, conv(5)) is not owner  # moved conversations stay with their new cache
+    retried = router.choose(conv(100))
+    assert retried is owner  # new conversations: tried again after eject_for_s
     router.release(retried, ok=False)  # on probation: a single failure ejects it again
     assert not owner.available(clock.now) and owner.ejections == 2
     clock.now += 10.5
-    assert route(router, key) is owner  # this one succeeds, which ends the probation
-    router.release(router.choose(key), ok=False)
+    assert route(router, conv(101)) is owner  # this one succeeds, which ends the probation
+    router.release(router.choose(conv(101)), ok=False)
     assert owner.available(clock.now)  # one failure is no longer enough
 
 
