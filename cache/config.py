@@ -44,7 +44,7 @@ class DecisionConfig(Strict):
     threshold: float = Field(0.90, ge=-1.0, le=1.0, description="cosine floor for a candidate")
     top_k: int = Field(3, ge=1, le=50)
     verifier: Literal["none", "default"] | str = Field(
-        "default", description="'none', 'default' (the shipped model) or a path"
+        "none", description="'none', 'default' (the shipped model) or a path"
     )
     verifier_threshold: float | None = Field(None, ge=0.0, le=1.0)
     guards: bool = Field(True, description="reject pairs that differ in numbers, negation, ...")

@@ -83,10 +83,10 @@ class CacheService:
             metrics.REDIS_UP.set(1)
             log.info("cache store reachable again")
 
-    async def check(self) -> bool:
+    async def check(self, timeout_s: float | None = None) -> bool:
         """Ping the store (readiness); also ends a degraded period early when Redis is back."""
         try:
-            async with asyncio.timeout(self.budget_s):
+            async with asyncio.timeout(timeout_s or self.budget_s):
                 await self.store.ping()
                 await self.store.ensure_index()
         except STORE_ERRORS as exc:

@@ -97,8 +97,11 @@ async def handle(request: Request, kind: str) -> Response:
         status, data, ctype = await _call(gw, path, body, forward)
     if status == 200:
         answer = _json_object(data)
-        if answer is not None:
-            _after_answer(gw, plan, lookup, answer)
+        if answer is None:
+            metrics.UPSTREAM_ERRORS.labels("invalid_json").inc()
+            raise OpenAIError(502, "upstream sent a response that is not a JSON object", "upstream_error",
+                              code="upstream_invalid_response")
+        _after_answer(gw, plan, lookup, answer)
     metrics.REQUEST_SECONDS.labels(path, result).observe(time.perf_counter() - started)
     return Response(data, status, media_type=ctype, headers=cache_headers(result))
 

