@@ -254,10 +254,20 @@ async def stream_turn(client: httpx.AsyncClient, url: str, body: dict[str, Any])
 
 
 async def scrape_totals(metrics: VllmMetrics, urls: list[str]) -> tuple[float, float]:
-    snaps: list[VllmSnapshot | None] = [await metrics.scrape(u) for u in urls]
-    if any(s is None or s.prefix_cache_hits is None or s.prefix_cache_queries is None for s in snaps):
-        raise RuntimeError("could not read vllm:prefix_cache_* from every replica")
-    return sum(s.prefix_cache_hits for s in snaps), sum(s.prefix_cache_queries for s in snaps)  # type: ignore[misc,union-attr]
+    """Summed prefix-cache hits and queries of every replica (retried: a busy CPU server is slow)."""
+    hits = queries = 0.0
+    for u in urls:
+        snap: VllmSnapshot | None = None
+        for _ in range(5):
+            snap = await metrics.scrape(u)
+            if snap is not None and snap.prefix_cache_hits is not None and snap.prefix_cache_queries is not None:
+                break
+            await asyncio.sleep(1.0)
+        if snap is None or snap.prefix_cache_hits is None or snap.prefix_cache_queries is None:
+            raise RuntimeError(f"could not read vllm:prefix_cache_* from {u}")
+        hits += snap.prefix_cache_hits
+        queries += snap.prefix_cache_queries
+    return hits, queries
 
 
 async def reset_caches(client: httpx.AsyncClient, urls: list[str]) -> None:
@@ -274,7 +284,7 @@ async def reset_caches(client: httpx.AsyncClient, urls: list[str]) -> None:
 
 async def run_policy(args: argparse.Namespace, policy: str, urls: list[str], work: Workload) -> PolicyResult:
     result = PolicyResult(policy)
-    cfg = UpstreamConfig(urls=urls, routing=RoutingConfig(policy=policy, metrics_scrape_s=1.0,
+    cfg = UpstreamConfig(urls=urls, routing=RoutingConfig(policy=policy, metrics_scrape_s=2.0,
                                                           load_factor=args.load_factor))
     router = Router(cfg)
     timeout = httpx.Timeout(600.0, connect=10.0)
@@ -284,7 +294,7 @@ async def run_policy(args: argparse.Namespace, policy: str, urls: list[str], wor
         conversations: asyncio.Queue[int] = asyncio.Queue()
         for j in range(args.conversations):
             conversations.put_nowait(j)
-        probe = VllmMetrics(1.0)
+        probe = VllmMetrics(1.0, timeout_s=30.0)
         probe.set_targets(urls)
         hits0, queries0 = await scrape_totals(probe, urls)
         await router.start()
@@ -391,8 +401,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--system-prompts", type=int, default=4)
     p.add_argument("--system-tokens", type=int, default=1700)
     p.add_argument("--doc-tokens", type=int, default=1200)
-    p.add_argument("--conversations", type=int, default=32)
-    p.add_argument("--turns", type=int, default=4)
+    p.add_argument("--conversations", type=int, default=16)
+    p.add_argument("--turns", type=int, default=3)
     p.add_argument("--concurrency", type=int, default=8)
     p.add_argument("--max-tokens", type=int, default=8)
     p.add_argument("--load-factor", type=float, default=1.25)

@@ -309,3 +309,16 @@ def test_router_collector_exports_routing() -> None:
     total = sum(registry.get_sample_value("cachestack_route_requests_total", {"replica": u}) or 0 for u in URLS4[:2])
     assert total == 10
     assert registry.get_sample_value("cachestack_route_replica_healthy", {"replica": URLS4[0]}) == 1.0
+
+
+def test_conversations_stay_put_when_a_replica_joins_and_move_when_theirs_leaves() -> None:
+    router = make_router(urls=URLS4[:3])
+    before = {i: route(router, f"system: s\nuser: conversation {i}").url for i in range(300)}
+    router.set_urls(URLS4)  # scale-up: running conversations keep their warm replica
+    assert all(route(router, f"system: s\nuser: conversation {i}").url == before[i] for i in range(300))
+    assert route(router, "system: s\nuser: a new one") in router.replicas()
+    gone = URLS4[0]
+    router.set_urls(URLS4[1:])
+    assert all(url != gone for url in router._sessions.values())
+    moved = [i for i in range(300) if before[i] == gone]
+    assert moved and all(route(router, f"system: s\nuser: conversation {i}").url != gone for i in moved)
