@@ -39,6 +39,8 @@ SAMPLES: dict[str, str] = {
     "vllm:time_to_first_token_seconds_count": "ttft_count",
 }
 _AVERAGED = {"kv_cache_usage"}
+WARN_EVERY_S = 60.0
+"""At most one scrape-failure warning per replica in this many seconds."""
 
 
 @dataclass(frozen=True)
@@ -137,13 +139,14 @@ class VllmMetrics(Collector):
         self._targets: list[str] = []
         self._snapshots: dict[str, VllmSnapshot] = {}
         self._up: dict[str, bool] = {}
+        self._warned_at: dict[str, float] = {}
         self._task: asyncio.Task[None] | None = None
 
     def set_targets(self, urls: Sequence[str]) -> None:
         """The replicas to scrape; data of replicas no longer listed is dropped."""
         self._targets = list(urls)
         keep = set(self._targets)
-        for store in (self._snapshots, self._up):
+        for store in (self._snapshots, self._up, self._warned_at):
             for url in list(store):
                 if url not in keep:
                     del store[url]
@@ -175,7 +178,9 @@ class VllmMetrics(Collector):
             text = resp.text
             snap = snapshot_from_text(text, self._clock(), self.in_flight_of(url))
         except (httpx.HTTPError, ValueError) as exc:
-            if self._up.get(url, True):
+            now = self._clock()
+            if now - self._warned_at.get(url, -math.inf) >= WARN_EVERY_S:  # a slow replica must not flood the log
+                self._warned_at[url] = now
                 log.warning("scraping %s/metrics failed: %s", url, type(exc).__name__)
             if url in self._targets:
                 self._up[url] = False
