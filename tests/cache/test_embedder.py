@@ -1,0 +1,148 @@
+"""cache/embedder.py: the real sentence-transformers model and the micro-batcher in front of it."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pytest
+
+from cache.embedder import MicroBatcher
+
+TEXTS = [
+    "How do I reset my password?",
+    "What is the capital of France?",
+    "enable 2FA on my account",
+    "disable 2FA on my account",
+    "Write a haiku about autumn",
+    "refund for order 1234",
+    "¿Dónde está la estación?",
+    "x",
+]
+
+
+@pytest.fixture
+def counted(embedder: Any, monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """Record every batch ``encode`` receives (the real encode still runs)."""
+    calls: list[list[str]] = []
+    real = type(embedder).encode
+
+    def encode(texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        calls.append(list(texts))
+        return real(embedder, texts, batch_size)
+
+    monkeypatch.setattr(embedder, "encode", encode)
+    return calls
+
+
+def test_encode_unit_float32_rows(embedder: Any) -> None:
+    vecs = embedder.encode(TEXTS)
+    assert embedder.dim == 384
+    assert vecs.shape == (len(TEXTS), 384) and vecs.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
+    assert np.all(np.isfinite(vecs))
+
+
+def test_encode_is_deterministic_and_distinguishes_texts(embedder: Any) -> None:
+    a, b = embedder.encode(TEXTS[:3]), embedder.encode(TEXTS[:3])
+    np.testing.assert_allclose(a, b, atol=1e-6)
+    sims = a @ a.T
+    assert sims[0, 1] < 0.9 and sims[0, 2] < 0.9
+
+
+def test_paraphrase_closer_than_unrelated(embedder: Any) -> None:
+    q, para, other = embedder.encode(["How do I reset my password?", "how can I change my password",
+                                      "best pizza in Naples"])
+    assert float(q @ para) > float(q @ other) + 0.2
+
+
+async def test_microbatcher_returns_each_caller_its_own_vector(embedder: Any, counted: list[list[str]]) -> None:
+    direct = embedder.encode(TEXTS)
+    counted.clear()
+    mb = MicroBatcher(embedder, batch_wait_ms=30, max_batch=64)
+    out = await asyncio.gather(*(mb.embed(t) for t in TEXTS))
+    assert len(counted) < len(TEXTS)
+    assert sorted(t for batch in counted for t in batch) == sorted(TEXTS)
+    for text, vec, ref in zip(TEXTS, out, direct, strict=True):
+        assert vec.shape == (384,) and vec.dtype == np.float32, text
+        np.testing.assert_allclose(vec, ref, atol=1e-5, err_msg=text)
+
+
+async def test_microbatcher_concurrent_calls_share_one_encode(embedder: Any, counted: list[list[str]]) -> None:
+    mb = MicroBatcher(embedder, batch_wait_ms=50, max_batch=64)
+    out = await asyncio.gather(*(mb.embed(t) for t in TEXTS))
+    assert len(counted) == 1 and counted[0] == TEXTS
+    assert len({v.tobytes() for v in out}) == len(set(TEXTS))
+
+
+async def test_microbatcher_respects_max_batch(embedder: Any, counted: list[list[str]]) -> None:
+    texts = [f"question number {i}" for i in range(10)]
+    mb = MicroBatcher(embedder, batch_wait_ms=20, max_batch=4)
+    out = await asyncio.gather(*(mb.embed(t) for t in texts))
+    assert all(len(batch) <= 4 for batch in counted)
+    assert len(counted) >= 3
+    assert sorted(t for batch in counted for t in batch) == sorted(texts)
+    ref = embedder.encode(texts)
+    for vec, r in zip(out, ref, strict=True):
+        np.testing.assert_allclose(vec, r, atol=1e-5)
+
+
+async def test_microbatcher_sequential_calls_and_zero_wait(embedder: Any, counted: list[list[str]]) -> None:
+    mb = MicroBatcher(embedder, batch_wait_ms=0)
+    first = await mb.embed(TEXTS[0])
+    second = await mb.embed(TEXTS[1])
+    assert len(counted) == 2
+    ref = embedder.encode(TEXTS[:2])
+    np.testing.assert_allclose(first, ref[0], atol=1e-5)
+    np.testing.assert_allclose(second, ref[1], atol=1e-5)
+
+
+async def test_microbatcher_encode_error_reaches_every_waiter(embedder: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    boom = RuntimeError("encoder exploded")
+    calls = []
+
+    def broken(texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        calls.append(list(texts))
+        raise boom
+
+    monkeypatch.setattr(embedder, "encode", broken)
+    mb = MicroBatcher(embedder, batch_wait_ms=30)
+    results = await asyncio.wait_for(
+        asyncio.gather(*(mb.embed(t) for t in TEXTS[:5]), return_exceptions=True), 5)
+    assert all(r is boom for r in results)
+    assert len(calls) == 1
+    # the batcher recovers once the encoder does
+    monkeypatch.undo()
+    vec = await asyncio.wait_for(mb.embed(TEXTS[0]), 10)
+    np.testing.assert_allclose(vec, embedder.encode([TEXTS[0]])[0], atol=1e-5)
+
+
+async def test_microbatcher_cancelled_caller_is_dropped(embedder: Any, counted: list[list[str]]) -> None:
+    mb = MicroBatcher(embedder, batch_wait_ms=60)
+    keep = [asyncio.ensure_future(mb.embed(t)) for t in TEXTS[:3]]
+    gone = asyncio.ensure_future(mb.embed("caller that went away"))
+    await asyncio.sleep(0.01)
+    gone.cancel()
+    out = await asyncio.wait_for(asyncio.gather(*keep), 10)
+    assert gone.cancelled()
+    assert counted == [TEXTS[:3]]
+    ref = embedder.encode(TEXTS[:3])
+    for vec, r in zip(out, ref, strict=True):
+        np.testing.assert_allclose(vec, r, atol=1e-5)
+
+
+async def test_microbatcher_encodes_off_the_event_loop(embedder: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    threads: list[int] = []
+    real = type(embedder).encode
+
+    def encode(texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        threads.append(threading.get_ident())
+        return real(embedder, texts, batch_size)
+
+    monkeypatch.setattr(embedder, "encode", encode)
+    mb = MicroBatcher(embedder, batch_wait_ms=1)
+    await mb.embed("hello")
+    assert threads and threads[0] != threading.get_ident()
