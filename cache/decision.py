@@ -8,9 +8,12 @@ serving scores the top-k candidates of one lookup in one call.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
+
+from cache.guards import check as guard_check
+from cache.verifier import CrossEncoderVerifier
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,3 +65,116 @@ class ThresholdRule:
             else:
                 out.append(Decision(False, best, best.similarity, "below threshold"))
         return out
+
+
+def _field(cfg: Any, name: str, default: Any) -> Any:
+    if cfg is None:
+        return default
+    if isinstance(cfg, Mapping):
+        return cfg.get(name, default)
+    return getattr(cfg, name, default)
+
+
+class VerifiedRule:
+    """Cosine floor, then guards, then the cross-encoder verifier over the surviving candidates.
+
+    For every item: candidates at or above ``settings.threshold`` (the cosine floor) are kept, each is
+    checked by the lexical guards (numbers, negation, opposite words, direction, time), the survivors of
+    all items are scored by the verifier in one batch, and the item hits on its candidate with the
+    highest verifier probability when that is at least ``settings.verifier_threshold`` (None: the
+    shipped model's calibrated default). An exact match of the normalised queries is always a hit.
+    Without a verifier (``verifier=None``) the score is the cosine and the guards still apply.
+    """
+
+    def __init__(
+        self,
+        verifier: CrossEncoderVerifier | None,
+        *,
+        guards_enabled: bool = True,
+        default_verifier_threshold: float | None = None,
+    ) -> None:
+        self.verifier = verifier
+        self.guards_enabled = guards_enabled
+        if default_verifier_threshold is None and verifier is not None:
+            default_verifier_threshold = verifier.meta.default_threshold
+        self.default_verifier_threshold = default_verifier_threshold if default_verifier_threshold is not None else 0.5
+
+    def decide(
+        self, items: Sequence[tuple[str, Sequence[Candidate]]], settings: RuleSettings
+    ) -> list[Decision]:
+        vthr = settings.verifier_threshold
+        if vthr is None:
+            vthr = self.default_verifier_threshold
+        out: list[Decision | None] = [None] * len(items)
+        pending: list[tuple[int, Candidate]] = []  # (item index, candidate) for the verifier
+        vetoed: dict[int, tuple[Candidate, str]] = {}
+        for i, (query, candidates) in enumerate(items):
+            ranked = sorted(candidates, key=lambda c: c.similarity, reverse=True)
+            if not ranked:
+                out[i] = Decision(False, None, 0.0, "no candidate")
+                continue
+            exact = next((c for c in ranked if c.query == query), None)
+            if exact is not None:
+                out[i] = Decision(True, exact, 1.0, "same query")
+                continue
+            above = [c for c in ranked if c.similarity >= settings.threshold]
+            if not above:
+                out[i] = Decision(False, ranked[0], ranked[0].similarity, "below threshold")
+                continue
+            for c in above:
+                reason = guard_check(c.query, query) if self.guards_enabled else None
+                if reason is None:
+                    pending.append((i, c))
+                elif i not in vetoed:
+                    vetoed[i] = (c, reason)
+        if self.verifier is not None and pending:
+            scores = self.verifier.probabilities(
+                [(c.query, items[i][0]) for i, c in pending], [c.similarity for _, c in pending]
+            )
+        else:
+            scores = [c.similarity for _, c in pending]
+        best: dict[int, tuple[Candidate, float]] = {}
+        for (i, c), s in zip(pending, scores, strict=True):
+            s = float(s)
+            if i not in best or s > best[i][1]:
+                best[i] = (c, s)
+        for i in range(len(items)):
+            if out[i] is not None:
+                continue
+            if i in best:
+                c, s = best[i]
+                if self.verifier is None:
+                    out[i] = Decision(True, c, s, "cosine + guards")
+                elif s >= vthr:
+                    out[i] = Decision(True, c, s, "verified")
+                else:
+                    out[i] = Decision(False, c, s, "verifier rejected")
+            else:
+                c, reason = vetoed[i]
+                out[i] = Decision(False, c, 0.0, f"guard: {reason}")
+        return [d for d in out if d is not None]
+
+
+def build_rule(cfg: Any = None) -> VerifiedRule | ThresholdRule:
+    """The rule the service runs, from cache-level decision settings.
+
+    ``cfg`` is anything with the fields of the gateway's decision config (an object or a mapping):
+    ``verifier`` ('none' | 'default' | a directory holding verifier.json), ``guards`` (bool) and
+    ``verifier_threshold`` (None: the model's calibrated default). ``threshold`` and ``top_k`` are read
+    by the caller and arrive through :class:`RuleSettings` and the candidate list.
+    """
+    verifier_name = str(_field(cfg, "verifier", "default") or "none")
+    guards_enabled = bool(_field(cfg, "guards", True))
+    vthr = _field(cfg, "verifier_threshold", None)
+    threads = int(_field(cfg, "verifier_threads", 1) or 1)
+    if verifier_name == "none":
+        return VerifiedRule(None, guards_enabled=guards_enabled) if guards_enabled else ThresholdRule()
+    path = None if verifier_name == "default" else verifier_name
+    return VerifiedRule(CrossEncoderVerifier(path, threads=threads), guards_enabled=guards_enabled,
+                        default_verifier_threshold=vthr)
+
+
+def shipped_defaults() -> RuleSettings:
+    """The cosine floor and verifier threshold the shipped model was calibrated for."""
+    meta = CrossEncoderVerifier.read_meta(None)
+    return RuleSettings(threshold=meta.default_floor, verifier_threshold=meta.default_threshold)

@@ -41,16 +41,20 @@ OPENAI_DEFAULTS: Mapping[str, Any] = {
 }
 
 _WS = re.compile(r"\s+")
+# Fullwidth ASCII forms (U+FF01..U+FF5E) are the same characters as ASCII; other compatibility
+# forms are not folded (NFKC would turn 10² into 102).
+_FULLWIDTH = {cp: cp - 0xFEE0 for cp in range(0xFF01, 0xFF5F)}
 
 
 def normalise_query(text: str) -> str:
-    """Unicode NFKC, case-folded, whitespace collapsed, trailing punctuation dropped.
+    """NFC, fullwidth ASCII folded, case-folded, whitespace collapsed, trailing "?" and "." dropped.
 
-    Only changes that cannot change the meaning: digits, negations and word order are kept.
+    Only changes that cannot change the meaning: digits, superscripts (NFKC would make 10² into 102),
+    "!" (5! is a factorial), negations and word order are kept.
     """
-    text = unicodedata.normalize("NFKC", text).casefold()
+    text = unicodedata.normalize("NFC", text).translate(_FULLWIDTH).casefold()
     text = _WS.sub(" ", text).strip()
-    return text.rstrip(" ?!.。？！")
+    return text.rstrip(" ?.。")
 
 
 def message_text(content: Any) -> str | None:
@@ -78,12 +82,19 @@ def canonical_params(body: Mapping[str, Any]) -> dict[str, Any]:
             key = "max_tokens"
         if key == "stop" and isinstance(value, str):
             value = [value]
-        if key in OPENAI_DEFAULTS and value == OPENAI_DEFAULTS[key]:
+        if key in OPENAI_DEFAULTS and _same(value, OPENAI_DEFAULTS[key]):
             continue
         if isinstance(value, float) and value.is_integer():
             value = int(value)
         params[key] = value
     return params
+
+
+def _same(value: Any, default: Any) -> bool:
+    """Equal to the default without bool/int confusion (completions logprobs=0 is not False)."""
+    if isinstance(value, bool) != isinstance(default, bool):
+        return False
+    return bool(value == default)
 
 
 def _digest(obj: Any) -> str:

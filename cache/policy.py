@@ -122,7 +122,8 @@ def make_plan(
 
     params = canonical_params(body)
     if semantic:
-        if (body.get("n") or 1) > 1 or body.get("logprobs") or body.get("top_logprobs") or body.get("tools"):
+        if ((body.get("n") or 1) > 1 or (body.get("logprobs") is not None and body.get("logprobs") is not False) or body.get("top_logprobs")
+                or body.get("tools")):
             semantic, reason = False, "n>1, logprobs or tools: exact only"
         elif len(query) > cfg.max_semantic_chars:
             semantic, reason = False, "query longer than the embedder reads: exact only"

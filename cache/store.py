@@ -9,6 +9,7 @@ HNSW COSINE FLOAT32 vectors, TAG and NUMERIC fields, KNN with a TAG prefilter.
 
 from __future__ import annotations
 
+import hashlib
 import time
 import zlib
 from dataclasses import dataclass
@@ -107,7 +108,7 @@ class CacheStore:
     async def put(self, entry_id: str, *, answer: dict[str, Any], query: str, embedding: np.ndarray | None,
                   tags: dict[str, str], ttl_s: int) -> None:
         fields: dict[str, Any] = {"answer": encode_answer(answer), "query": query, "created": time.time(),
-                                  **tags}
+                                  **{name: tag_value(value) for name, value in tags.items()}}
         if embedding is not None:
             fields["embedding"] = np.asarray(embedding, dtype=np.float32).tobytes()
         key = self.key(entry_id)
@@ -118,6 +119,9 @@ class CacheStore:
 
     async def knn(self, vector: np.ndarray, tags: dict[str, str], k: int) -> list[Neighbour]:
         """The k nearest entries sharing every scoping tag, best first."""
+        missing = [t for t in SCOPE_TAGS if t not in tags]
+        if missing:
+            raise ValueError(f"knn needs every scoping tag; missing {missing}")
         query = VectorQuery(
             vector=np.asarray(vector, dtype=np.float32).tobytes(), vector_field_name="embedding",
             return_fields=["query", "created"], filter_expression=scope_filter(tags), num_results=k,
@@ -161,11 +165,18 @@ class CacheStore:
         await self.redis.aclose()
 
 
+def tag_value(value: str) -> str:
+    """What a TAG field holds: a digest of the value. RediSearch TAGs split on commas, fold case and
+    trim spaces, and redisvl turns an empty value into a wildcard; a hex digest has none of those
+    traps, so equal digests mean equal values and nothing a client sends can widen a filter."""
+    return hashlib.sha256(value.encode()).hexdigest()[:24]
+
+
 def scope_filter(tags: dict[str, str]) -> FilterExpression | None:
-    """AND of TAG equalities; redisvl escapes the values, so client-chosen text cannot widen it."""
+    """AND of TAG equalities on digests (see :func:`tag_value`)."""
     expr: FilterExpression | None = None
     for name, value in tags.items():
-        term = Tag(name) == value
+        term = Tag(name) == tag_value(value)
         expr = term if expr is None else expr & term
     return expr
 

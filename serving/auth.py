@@ -41,7 +41,9 @@ class Authenticator:
                 for digest in digests:
                     self._by_digest[digest] = name
         self._admin = cfg.admin_digest()
-        self.open = not self._by_digest
+        # open only when no tenants are configured at all: an empty keys file (a Secret not yet
+        # populated) must lock everyone out, not let everyone in
+        self.open = not cfg.tenants and not cfg.keys_file
 
     @property
     def multi_tenant(self) -> bool:

@@ -17,7 +17,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from cache.config import CacheConfig, EmbedderConfig, RedisConfig, Strict
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 
 class ServerConfig(Strict):
@@ -177,6 +177,8 @@ def load_config(path: str | os.PathLike[str] | None = None, **overrides: Any) ->
             loaded = yaml.safe_load(Path(path).read_text())
         except FileNotFoundError as exc:
             raise ConfigError(f"config file {path} does not exist") from exc
+        except OSError as exc:
+            raise ConfigError(f"config file {path} cannot be read: {exc.strerror or exc}") from exc
         except yaml.YAMLError as exc:
             raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
         if loaded is None:
@@ -189,3 +191,5 @@ def load_config(path: str | os.PathLike[str] | None = None, **overrides: Any) ->
         return Settings(**data)
     except ValidationError as exc:
         raise ConfigError(_describe(exc)) from None
+    except SettingsError as exc:  # an env value that is not JSON where a list or mapping is expected
+        raise ConfigError(f"invalid configuration from the environment: {exc}") from None

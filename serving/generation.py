@@ -90,7 +90,13 @@ async def handle(request: Request, kind: str) -> Response:
     result = "MISS" if plan is not None and (plan.lookup or plan.store) else "BYPASS"
 
     if parsed.stream:
-        return await _stream_miss(gw, kind, path, body, forward, plan, lookup, result, started)
+        wants_usage = bool(parsed.stream_options and parsed.stream_options.include_usage)
+        if plan is not None and plan.store and not wants_usage:
+            # usage is part of a stored answer (savings, replays that ask for it): ask vLLM for it and
+            # drop the usage event on its way to this client, who did not ask
+            forward = orjson.dumps({**orjson.loads(forward), "stream_options": {"include_usage": True}})
+        assembler = StreamAssembler(kind, hide_usage=not wants_usage)
+        return await _stream_miss(gw, path, body, forward, plan, lookup, assembler, result, started)
     if plan is not None and plan.store:
         status, data, ctype = await gw.singleflight.run(plan.exact_key, lambda: _call(gw, path, body, forward))
     else:
@@ -178,8 +184,8 @@ def _after_answer(gw: Gateway, plan: CachePlan | None, lookup: Lookup, answer: d
             gw.cache.store_later(plan, answer, lookup.embedding)
 
 
-async def _stream_miss(gw: Gateway, kind: str, path: str, body: dict[str, Any], data: bytes,
-                       plan: CachePlan | None, lookup: Lookup, result: str, started: float) -> Response:
+async def _stream_miss(gw: Gateway, path: str, body: dict[str, Any], data: bytes, plan: CachePlan | None,
+                       lookup: Lookup, assembler: StreamAssembler, result: str, started: float) -> Response:
     replica = gw.router.choose(affinity_text(body))
     try:
         resp = await gw.upstream.post(replica.url, path, data)
@@ -194,18 +200,20 @@ async def _stream_miss(gw: Gateway, kind: str, path: str, body: dict[str, Any], 
             resp.status, payload, resp.content_type)
         return Response(payload, status, media_type=ctype, headers=cache_headers(result))
 
-    assembler = StreamAssembler(kind)
-
     async def relay() -> AsyncIterator[bytes]:
         ok = False
         first = True
         try:
             async for chunk in resp.chunks():
-                if first:
-                    metrics.REQUEST_SECONDS.labels(path, result).observe(time.perf_counter() - started)
-                    first = False
-                assembler.feed(chunk)
-                yield chunk
+                out = assembler.feed(chunk)
+                if out:
+                    if first:
+                        metrics.REQUEST_SECONDS.labels(path, result).observe(time.perf_counter() - started)
+                        first = False
+                    yield out
+            rest = assembler.flush()
+            if rest:
+                yield rest
             ok = True
         except OpenAIError as exc:  # upstream broke off: tell the client in-band, store nothing
             metrics.UPSTREAM_ERRORS.labels(str(exc.code)).inc()

@@ -7,10 +7,15 @@ must reject early with a 400 that names the field.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError
+
+
+# pydantic puts the union member it tried into an error's location ("stop.str"): not a field name
+_TYPE_TAG = re.compile(r"^(str|int|float|bool|none|list|dict|tuple|literal|function-[a-z-]+)(\[.*\])?$")
 
 
 class OpenAIError(Exception):
@@ -81,11 +86,7 @@ class ChatCompletionRequest(SamplingFields):
     tool_choice: str | dict[str, Any] | None = None
     response_format: dict[str, Any] | None = None
 
-    @model_validator(mode="after")
-    def _logprobs_is_bool(self) -> ChatCompletionRequest:
-        if self.logprobs is not None and not isinstance(self.logprobs, bool):
-            raise ValueError("logprobs must be a boolean for chat completions")
-        return self
+    logprobs: StrictBool | None = None
 
 
 class CompletionRequest(SamplingFields):
@@ -93,12 +94,7 @@ class CompletionRequest(SamplingFields):
     echo: bool | None = None
     best_of: int | None = Field(None, ge=1)
     suffix: str | None = None
-
-    @model_validator(mode="after")
-    def _logprobs_is_int(self) -> CompletionRequest:
-        if self.logprobs is not None and (isinstance(self.logprobs, bool) or not isinstance(self.logprobs, int)):
-            raise ValueError("logprobs must be an integer for completions")
-        return self
+    logprobs: StrictInt | None = Field(None, ge=0, le=20)
 
 
 RequestModel = ChatCompletionRequest | CompletionRequest
@@ -119,6 +115,6 @@ def parse_request(raw: bytes, model: type[SamplingFields]) -> tuple[dict[str, An
         parsed = model.model_validate(body)
     except ValidationError as exc:
         first = exc.errors()[0]
-        param = ".".join(str(p) for p in first["loc"]) or None
+        param = ".".join(str(p) for p in first["loc"] if not _TYPE_TAG.match(str(p))) or None
         raise OpenAIError(400, f"invalid field {param}: {first['msg']}", param=param, code="invalid_value") from None
     return body, parsed

@@ -21,8 +21,11 @@ _WORDS = re.compile(r"\S+\s*|\s+")
 class StreamAssembler:
     """Fed the upstream's SSE bytes as they pass; rebuilds the complete answer if there is one."""
 
-    def __init__(self, kind: str) -> None:
+    MAX_EVENT_BYTES = 1 << 20
+
+    def __init__(self, kind: str, hide_usage: bool = False) -> None:
         self.kind = kind  # "chat" or "completion"
+        self.hide_usage = hide_usage  # usage was asked for the cache's sake, not the client's
         self._buf = b""
         self._text: dict[int, list[str]] = {}
         self._finish: dict[int, str | None] = {}
@@ -32,35 +35,56 @@ class StreamAssembler:
         self.done = False
         self.broken = False
 
-    def feed(self, chunk: bytes) -> None:
+    def feed(self, chunk: bytes) -> bytes:
+        """Take upstream bytes; return the complete events to relay now (usage dropped if hidden)."""
         if self.broken:
-            return
+            return chunk
         self._buf += chunk
+        out: list[bytes] = []
         while True:
             end = self._buf.find(b"\n\n")
             if end < 0:
-                return
-            event, self._buf = self._buf[:end], self._buf[end + 2 :]
-            for line in event.split(b"\n"):
-                if line.startswith(b"data:"):
-                    self._data(line[5:].strip())
+                break
+            event, self._buf = self._buf[: end + 2], self._buf[end + 2 :]
+            if self._event(event[:-2]):
+                out.append(event)
+        if len(self._buf) > self.MAX_EVENT_BYTES:  # not SSE as we know it: stop parsing, relay raw
+            self.broken = True
+            out.append(self._buf)
+            self._buf = b""
+        return b"".join(out)
 
-    def _data(self, data: bytes) -> None:
+    def flush(self) -> bytes:
+        """Bytes of an unterminated last event, relayed as they are."""
+        rest, self._buf = self._buf, b""
+        return rest
+
+    def _event(self, event: bytes) -> bool:
+        keep = True
+        for line in event.split(b"\n"):
+            if line.startswith(b"data:"):
+                keep = self._data(line[5:].strip()) and keep
+        return keep
+
+    def _data(self, data: bytes) -> bool:
+        """Record one event's data; False when the event must not reach the client."""
         if data == b"[DONE]":
             self.done = True
-            return
+            return True
         try:
             obj = orjson.loads(data)
         except orjson.JSONDecodeError:
             self.broken = True
-            return
+            return True
         if not isinstance(obj, dict) or "error" in obj:
             self.broken = True
-            return
+            return True
         if not self._head:
             self._head = {k: obj.get(k) for k in ("id", "model", "system_fingerprint")}
         if obj.get("usage"):
             self.usage = obj["usage"]
+            if self.hide_usage and not obj.get("choices"):
+                return False
         for choice in obj.get("choices") or []:
             i = int(choice.get("index", 0))
             if self.kind == "chat":
@@ -76,6 +100,7 @@ class StreamAssembler:
                 self._text.setdefault(i, []).append(piece)
             if choice.get("finish_reason") is not None:
                 self._finish[i] = choice["finish_reason"]
+        return True
 
     def complete_answer(self) -> dict[str, Any] | None:
         """The answer in non-streaming shape, or None unless every choice ended with "stop"."""
@@ -83,6 +108,8 @@ class StreamAssembler:
             return None
         if any(reason != "stop" for reason in self._finish.values()):
             return None
+        if set(self._text) - set(self._finish) or set(self._role) - set(self._finish):
+            return None  # a choice that never finished
         choices = []
         for i in sorted(self._finish):
             text = "".join(self._text.get(i, []))

@@ -1,7 +1,7 @@
 """Shared fixtures: the real local stack, started once per test session.
 
 Set CACHESTACK_TEST_VLLM_URL / CACHESTACK_TEST_REDIS_URL to reuse servers you already run (the
-model must be served as ``smollm2``); otherwise the session starts Valkey + RediSearch and one vLLM
+model must be served as ``smollm2`` and ``smollm2-b``); otherwise the session starts Valkey + RediSearch and one vLLM
 CPU server as children and stops them at the end.
 """
 
@@ -23,6 +23,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parent.parent
 MODEL = "smollm2"
+ALIAS = "smollm2-b"  # the same weights under a second name: a "model change" for the cache
 
 
 @pytest.fixture(scope="session")
@@ -51,7 +52,7 @@ def vllm_url() -> Iterator[str]:
     from serving.local.stack import start_stack
 
     cfg = LocalStackConfig(data_dir=str(REPO / ".cachestack"), kv_cache_gib=1.0)
-    with start_stack(cfg, redis=False, vllm_ports=[free_port()]) as stack:
+    with start_stack(cfg, redis=False, vllm_ports=[free_port()], aliases=[ALIAS]) as stack:
         yield stack.vllm_urls[0]
 
 
@@ -116,7 +117,7 @@ def run_gateway(settings: Any, embedder: Any = None) -> Iterator[RunningGateway]
         thread.join(30)
 
 
-def gateway_settings(vllm_url: str | None, redis_url: str | None, **sections: Any) -> Any:
+def gateway_settings(vllm_url: str | None, redis_url: str | None, /, **sections: Any) -> Any:
     """Settings for a test gateway: upstream and Redis from the session, a fresh index prefix."""
     import uuid
 
@@ -124,7 +125,10 @@ def gateway_settings(vllm_url: str | None, redis_url: str | None, **sections: An
 
     base: dict[str, Any] = {
         "upstreams": {"urls": [vllm_url or "http://127.0.0.1:9"]},
-        "redis": {"url": redis_url or "redis://127.0.0.1:9/0", "index_prefix": f"t{uuid.uuid4().hex[:10]}"},
+        # Generous budgets: these machines are shared and a 50 ms budget would turn CPU contention
+        # into flaky bypasses; the budget itself is tested with its own small value.
+        "redis": {"url": redis_url or "redis://127.0.0.1:9/0", "index_prefix": f"t{uuid.uuid4().hex[:10]}",
+                  "lookup_budget_ms": 2000, "store_timeout_ms": 5000},
     }
     if redis_url is None:
         base["cache"] = {"enabled": False}
@@ -138,7 +142,7 @@ def gateway_factory(embedder: Any) -> Iterator[Any]:
     """``make(vllm_url, redis_url, **config sections)`` -> RunningGateway; all stopped at test end."""
     stack: list[Any] = []
 
-    def make(vllm: str | None, redis: str | None, **sections: Any) -> RunningGateway:
+    def make(vllm: str | None, redis: str | None, /, **sections: Any) -> RunningGateway:
         cm = run_gateway(gateway_settings(vllm, redis, **sections), embedder)
         running = cm.__enter__()
         stack.append(cm)

@@ -33,6 +33,7 @@ class LocalStack:
 
 def start_stack(cfg: LocalStackConfig, *, redis: bool = True, vllm: bool = True,
                 vllm_ports: list[int] | None = None, redis_port: int | None = None,
+                aliases: list[str] | None = None,
                 start_timeout_s: float = 600.0) -> LocalStack:
     """Start what is asked; on any failure stop what already started and re-raise."""
     data_dir = Path(cfg.data_dir).resolve()
@@ -51,7 +52,7 @@ def start_stack(cfg: LocalStackConfig, *, redis: bool = True, vllm: bool = True,
             ports = vllm_ports or [cfg.vllm_port + i for i in range(cfg.vllm_replicas)]
             started = []
             for port in ports:
-                child = vllm_child(model_path, stack.served_model, port, log_dir, cfg.kv_cache_gib, cfg.vllm_args)
+                child = vllm_child(model_path, [stack.served_model, *(aliases or [])], port, log_dir, cfg.kv_cache_gib, cfg.vllm_args)
                 child.start()
                 stack.children.append(child)
                 started.append((child, port))

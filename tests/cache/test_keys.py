@@ -25,7 +25,7 @@ def test_normalise_harmless_changes_collapse() -> None:
 
 
 def test_normalise_fullwidth_and_trailing_punctuation() -> None:
-    assert normalise_query("Ｈｅｌｌｏ！") == normalise_query("hello") == "hello"
+    assert normalise_query("Ｈｅｌｌｏ？") == normalise_query("hello") == "hello"
     assert normalise_query("hello...") == "hello"
 
 
@@ -53,12 +53,10 @@ def test_normalise_keeps_inner_punctuation_and_digits() -> None:
     assert "3.14" in out and ">" in out
 
 
-@pytest.mark.xfail(strict=True, reason="keys.py:51 NFKC folds superscripts to plain digits: '10²' == '102'")
 def test_normalise_superscript_digits_are_not_plain_digits() -> None:
     assert normalise_query("What is 10²?") != normalise_query("What is 102?")
 
 
-@pytest.mark.xfail(strict=True, reason="keys.py:53 strips a trailing '!' that is a factorial: '5!' == '5'")
 def test_normalise_trailing_factorial_is_kept() -> None:
     assert normalise_query("what is 5!") != normalise_query("what is 5")
 
@@ -210,8 +208,6 @@ def test_non_output_fields_do_not_change_fingerprint(extra: dict) -> None:
     assert set(extra) <= NON_OUTPUT_FIELDS
 
 
-@pytest.mark.xfail(strict=True, reason="keys.py:81 logprobs=0 (completions: return the sampled token's "
-                   "logprob) == False default, so it is dropped and hashes like no logprobs")
 def test_completion_logprobs_zero_is_not_default() -> None:
     assert fp_of({"logprobs": 0}) != fp_of({})
 

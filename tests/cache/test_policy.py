@@ -113,8 +113,6 @@ def test_completion_logprobs_is_exact_only() -> None:
     assert (p.lookup, p.semantic) == (True, False)
 
 
-@pytest.mark.xfail(strict=True, reason="policy.py:125 `body.get('logprobs')` is falsy for completions "
-                   "logprobs=0, which does return logprobs: should be `is not None and is not False`")
 def test_completion_logprobs_zero_is_exact_only() -> None:
     p = plan({"model": "m", "prompt": "hello there", "temperature": 0, "logprobs": 0}, kind="completion")
     assert p.semantic is False

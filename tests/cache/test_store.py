@@ -229,10 +229,6 @@ SPECIAL = [
 ]
 NEIGHBOURS = ["a", "b", "ab", "a b", "x", "scope"]
 
-_SEP = "store.py:65 TAG fields use the default separator ',': a value 'a,b' is indexed as two tags 'a' and " \
-       "'b', so it matches lookups/purges for 'a' and for 'b' and never its own"
-_CASE = "store.py:65 TAG fields are case-insensitive by default: 'A' and 'a' (tenants Acme/acme) match each other"
-_TRIM = "store.py:65 TAG values are whitespace-trimmed when indexed: ' a' is stored as 'a' and its own lookup misses"
 
 
 def _all_tags(v: str) -> dict[str, str]:
@@ -241,9 +237,9 @@ def _all_tags(v: str) -> dict[str, str]:
 
 @pytest.mark.parametrize("value", [
     *SPECIAL,
-    pytest.param("a,b", marks=pytest.mark.xfail(strict=True, reason=_SEP)),
-    pytest.param("A", marks=pytest.mark.xfail(strict=True, reason=_CASE)),
-    pytest.param(" a", marks=pytest.mark.xfail(strict=True, reason=_TRIM)),
+    "a,b",
+    "A",
+    " a",
 ])
 async def test_tag_value_matches_exactly_itself(make_store, value: str) -> None:
     """Every tag of the value under test is the same text (the fingerprint is equal for all entries,
@@ -275,8 +271,6 @@ async def test_injected_scope_does_not_reach_other_tenants(make_store, injection
     assert await s.count(scope_filter(tags(scope=injection))) == (1 if injection == "a b" else 0)
 
 
-@pytest.mark.xfail(strict=True, reason="store.py:168 scope_filter: redisvl turns `Tag(x) == ''` into the "
-                   "wildcard '*', so an empty tag value drops that condition and widens the KNN/purge")
 async def test_empty_tag_value_does_not_widen(make_store) -> None:
     s = make_store()
     await s.ensure_index()

@@ -105,14 +105,10 @@ def test_completion_errors_name_the_field(raw: bytes, param: str) -> None:
     assert e.param is not None and (e.param == param or e.param.startswith(param + ".")), e.param
 
 
-@pytest.mark.xfail(strict=True, reason="protocol.py:122 a union-typed field reports its union member: "
-                   "stop=5 gives param 'stop.str', not 'stop'; strip pydantic's type tags from loc")
 def test_union_field_error_param_is_the_field() -> None:
     assert err(chat(stop=5)).param == "stop"
 
 
-@pytest.mark.xfail(strict=True, reason="protocol.py:87,100 model_validator(mode='after') errors have an empty "
-                   "loc, so chat logprobs=5 / completion logprobs=true give param None and 'invalid field None'")
 @pytest.mark.parametrize(("raw", "model"), [(chat(logprobs=5), ChatCompletionRequest),
                                             (completion(logprobs=True), CompletionRequest)])
 def test_logprobs_type_error_names_logprobs(raw: bytes, model: type) -> None:

@@ -111,8 +111,6 @@ def test_several_choices() -> None:
     assert [(c["index"], c["message"]["content"]) for c in ans["choices"]] == [(0, "one"), (1, "two")]
 
 
-@pytest.mark.xfail(strict=True, reason="streaming.py complete_answer (HEAD:82) a choice that streamed text but never finished is "
-                   "silently dropped; complete_answer must require every seen index to have finish_reason stop")
 def test_unfinished_choice_is_not_stored() -> None:
     chunks = [chat_chunk({"role": "assistant", "content": "one"}, index=0),
               chat_chunk({"role": "assistant", "content": "tw"}, index=1),

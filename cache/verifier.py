@@ -1,0 +1,99 @@
+"""The pair verifier: a small cross-encoder that reads the cached query and the new query together.
+
+The shipped model (``cache/models/verifier``) is all-MiniLM-L6-v2 fine-tuned as a one-logit
+cross-encoder on the tuning part of QQP-style pairs plus synthetic near-misses (training/), exported to
+ONNX and quantised to int8. It runs on onnxruntime with the ``tokenizers`` tokenizer: no torch at run
+time, about 1-3 ms per pair on one CPU thread.
+
+Its output is turned into a probability by a logistic layer over (cross-encoder logit, cosine) fitted
+on the calibration bucket (never on the check part); ``verifier.json`` holds that layer, the
+maximum length and the default verifier threshold that meets the shipped target.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+DEFAULT_VERIFIER_DIR = Path(__file__).parent / "models" / "verifier"
+
+
+@dataclass(frozen=True, slots=True)
+class VerifierMeta:
+    model_file: str = "model_int8.onnx"
+    max_length: int = 64
+    # p = sigmoid(bias + w_logit * logit + w_cos * cosine)
+    bias: float = 0.0
+    w_logit: float = 1.0
+    w_cos: float = 0.0
+    default_threshold: float = 0.5
+    default_floor: float = 0.75
+
+
+class VerifierError(RuntimeError):
+    """The verifier cannot be loaded (missing files or runtime)."""
+
+
+class CrossEncoderVerifier:
+    """Scores (cached query, new query, cosine) triples; returns probabilities that they ask the same."""
+
+    def __init__(self, path: str | os.PathLike[str] | None = None, *, threads: int = 1) -> None:
+        root = Path(path) if path else DEFAULT_VERIFIER_DIR
+        self.meta = self.read_meta(root)
+        try:
+            import onnxruntime as ort
+            from tokenizers import Tokenizer
+        except ImportError as exc:  # pragma: no cover - depends on the install
+            raise VerifierError(f"the verifier needs onnxruntime and tokenizers: {exc}") from exc
+        model_file = root / self.meta.model_file
+        if not model_file.is_file():
+            raise VerifierError(f"verifier model {model_file} is missing")
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(str(model_file), opts, providers=["CPUExecutionProvider"])
+        self.input_names = {i.name for i in self.session.get_inputs()}
+        self.tokenizer = Tokenizer.from_file(str(root / "tokenizer.json"))
+        self.tokenizer.enable_truncation(max_length=self.meta.max_length)
+        self.tokenizer.enable_padding()
+        self.path = root
+
+    @staticmethod
+    def read_meta(path: str | os.PathLike[str] | None) -> VerifierMeta:
+        root = Path(path) if path else DEFAULT_VERIFIER_DIR
+        meta_file = root / "verifier.json"
+        if not meta_file.is_file():
+            raise VerifierError(f"verifier directory {root} has no verifier.json")
+        raw = json.loads(meta_file.read_text())
+        return VerifierMeta(**{k: v for k, v in raw.items() if k in VerifierMeta.__slots__})
+
+    def logits(self, pairs: Sequence[tuple[str, str]], batch_size: int = 64) -> np.ndarray:
+        """Raw cross-encoder logits for (cached, new) pairs."""
+        out: list[np.ndarray] = []
+        for i in range(0, len(pairs), batch_size):
+            chunk = pairs[i : i + batch_size]
+            enc = self.tokenizer.encode_batch([(a, b) for a, b in chunk])
+            feed = {
+                "input_ids": np.array([e.ids for e in enc], dtype=np.int64),
+                "attention_mask": np.array([e.attention_mask for e in enc], dtype=np.int64),
+                "token_type_ids": np.array([e.type_ids for e in enc], dtype=np.int64),
+            }
+            feed = {k: v for k, v in feed.items() if k in self.input_names}
+            (res,) = self.session.run(None, feed)
+            out.append(np.asarray(res, dtype=np.float32).reshape(-1))
+        return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
+
+    def probabilities(self, pairs: Sequence[tuple[str, str]], cosines: Sequence[float]) -> np.ndarray:
+        """Calibrated probability that each pair asks the same thing."""
+        if not pairs:
+            return np.zeros(0, dtype=np.float32)
+        z = self.logits(pairs)
+        m = self.meta
+        x = m.bias + m.w_logit * z + m.w_cos * np.asarray(cosines, dtype=np.float32)
+        return (1.0 / (1.0 + np.exp(-x))).astype(np.float32)

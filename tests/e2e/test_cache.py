@@ -1,0 +1,229 @@
+"""The semantic cache end to end: real vLLM, real Valkey + RediSearch, real MiniLM, official client."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+
+import httpx
+import openai
+import pytest
+
+from tests.conftest import ALIAS, MODEL
+
+pytestmark = pytest.mark.e2e
+
+ADMIN = "admin-secret"
+KEYS = {"a": "sk-tenant-a", "b": "sk-tenant-b"}
+FRANCE = "What is the capital of France?"
+
+
+def sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def namespaces(**extra: dict) -> dict:
+    return {"namespaces": {"default": {}, "faq": {"shared": True, "ttl_s": 604800},
+                           "sampled-exact": {"sampled": "exact"}, "sampled-all": {"sampled": "all"},
+                           "short": {"ttl_s": 1}, "v2": {"version": "2"}, **extra}}
+
+
+@pytest.fixture
+def gw(gateway_factory, vllm_url, redis_url):
+    return gateway_factory(vllm_url, redis_url, cache=namespaces(), auth={
+        "tenants": [{"name": t, "key_sha256": [sha(k)]} for t, k in KEYS.items()],
+        "admin_key_sha256": sha(ADMIN)})
+
+
+def ask(gw, question: str, *, tenant: str = "a", history: list | None = None, headers: dict | None = None,
+        stream: bool = False, model: str = MODEL, **params) -> httpx.Response:
+    params.setdefault("temperature", 0)
+    params.setdefault("max_tokens", 24)
+    body = {"model": model, "messages": [*(history or []), {"role": "user", "content": question}],
+            "stream": stream, **params}
+    r = httpx.post(gw.url + "/v1/chat/completions", json=body, timeout=60,
+                   headers={"authorization": f"Bearer {KEYS[tenant]}", **(headers or {})})
+    assert r.status_code == 200, r.text
+    gw.drain()  # the store runs after the response: wait for it so the next call can hit
+    return r
+
+
+def ask_stored(gw, question: str, **kw) -> httpx.Response:
+    """Ask until an answer finishes with "stop" (sampled answers may ramble to max_tokens)."""
+    for _ in range(6):
+        r = ask(gw, question, **kw)
+        if r.json()["choices"][0]["finish_reason"] == "stop":
+            return r
+    raise AssertionError("no complete answer in 6 tries")
+
+
+def oai(gw, tenant: str = "a") -> openai.OpenAI:
+    return openai.OpenAI(base_url=gw.url + "/v1", api_key=KEYS[tenant], max_retries=0)
+
+
+def admin(gw, path: str, body: dict | None = None) -> dict:
+    h = {"authorization": f"Bearer {ADMIN}"}
+    r = httpx.post(gw.url + path, json=body, headers=h) if body is not None else httpx.get(gw.url + path, headers=h)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_exact_hit_replays_the_answer_with_fresh_id(gw):
+    first = ask(gw, FRANCE)
+    second = ask(gw, FRANCE)
+    assert first.headers["x-cache"] == "MISS"
+    assert second.headers["x-cache"] == "HIT" and second.headers["x-cache-layer"] == "exact"
+    assert int(second.headers["age"]) >= 0 and "x-cache-similarity" not in second.headers
+    a, b = first.json(), second.json()
+    assert b["choices"][0]["message"]["content"] == a["choices"][0]["message"]["content"]
+    assert b["id"] != a["id"] and b["usage"] == a["usage"]
+
+
+def test_paraphrase_hits_semantically(gw):
+    ask(gw, FRANCE)
+    r = ask(gw, "what's the capital city of France")
+    assert r.headers["x-cache"] == "HIT" and r.headers["x-cache-layer"] == "semantic"
+    assert 0.8 < float(r.headers["x-cache-similarity"]) < 1.0
+
+
+def test_acronym_paraphrase_does_not_hit(gw):
+    """MiniLM does not know that RAG is retrieval-augmented generation (cosine ~0.09): no hit,
+    which is the safe outcome; a model that knew the acronym could make this a hit."""
+    ask(gw, "What is RAG?")
+    assert ask(gw, "Can you explain retrieval-augmented generation?").headers["x-cache"] == "MISS"
+
+
+def test_negation_is_not_a_hit(gw):
+    ask(gw, "How do I enable 2FA on my account?")
+    assert ask(gw, "How do I disable 2FA on my account?").headers["x-cache"] == "MISS"
+
+
+def test_different_history_does_not_hit(gw):
+    h1 = [{"role": "user", "content": "Let's talk about Germany."}, {"role": "assistant", "content": "Sure."}]
+    h2 = [{"role": "user", "content": "Let's talk about Spain."}, {"role": "assistant", "content": "Sure."}]
+    ask(gw, "What is its capital?", history=h1)
+    assert ask(gw, "What is its capital?", history=h2).headers["x-cache"] == "MISS"
+    assert ask(gw, "What is its capital?", history=h1).headers["x-cache"] == "HIT"
+
+
+def test_other_tenant_never_gets_the_answer(gw):
+    ask(gw, FRANCE, tenant="a")
+    assert ask(gw, FRANCE, tenant="b").headers["x-cache"] == "MISS"
+    assert ask(gw, "what's the capital city of France", tenant="b").headers["x-cache"] == "HIT"  # b's own
+
+
+def test_shared_namespace_hits_across_tenants(gw):
+    ask(gw, FRANCE, tenant="a", headers={"x-cache-namespace": "faq"})
+    r = ask(gw, FRANCE, tenant="b", headers={"x-cache-namespace": "faq"})
+    assert r.headers["x-cache"] == "HIT"
+
+
+def test_unknown_namespace_is_400(gw):
+    r = httpx.post(gw.url + "/v1/chat/completions", headers={"authorization": f"Bearer {KEYS['a']}",
+                                                             "x-cache-namespace": "nope"},
+                   json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}]})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "X-Cache-Namespace"
+
+
+def test_temperature_policy(gw):
+    # absent temperature means OpenAI's 1.0: a sample was asked for, the default namespace bypasses
+    r1 = ask(gw, FRANCE, temperature=None)
+    r2 = ask(gw, FRANCE, temperature=None)
+    assert r1.headers["x-cache"] == r2.headers["x-cache"] == "BYPASS"
+    warm = dict(temperature=0.3, max_tokens=300)  # room to finish: only "stop" answers are stored
+    ex = {"x-cache-namespace": "sampled-exact"}
+    ask_stored(gw, FRANCE, headers=ex, **warm)
+    assert ask(gw, FRANCE, headers=ex, **warm).headers["x-cache-layer"] == "exact"
+    assert ask(gw, "what's the capital city of France", headers=ex, **warm).headers["x-cache"] == "MISS"
+    al = {"x-cache-namespace": "sampled-all"}
+    ask_stored(gw, FRANCE, headers=al, **warm)
+    assert ask(gw, "what's the capital city of France", headers=al, **warm).headers["x-cache"] == "HIT"
+
+
+def test_streaming_miss_is_stored_and_streaming_hit_reads_like_a_live_stream(gw):
+    c = oai(gw)
+    msgs = [{"role": "user", "content": "What is the capital of Italy?"}]
+    live = list(c.chat.completions.create(model=MODEL, messages=msgs, temperature=0, max_tokens=60, stream=True))
+    gw.drain()
+    raw = c.chat.completions.with_raw_response.create(model=MODEL, messages=msgs, temperature=0, max_tokens=60,
+                                                      stream=True, stream_options={"include_usage": True})
+    assert raw.headers["x-cache"] == "HIT"
+    replayed = list(raw.parse())
+    text = lambda chunks: "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)  # noqa: E731
+    assert text(replayed) == text(live) and text(live)
+    assert replayed[0].choices[0].delta.role == "assistant"
+    assert sum(1 for ch in replayed if ch.choices and ch.choices[0].delta.content) > 1  # not one lump
+    assert [ch.choices[0].finish_reason for ch in replayed if ch.choices][-1] == "stop"
+    assert replayed[-1].usage is not None and replayed[-1].usage.completion_tokens > 0
+    plain = c.chat.completions.with_raw_response.create(model=MODEL, messages=msgs, temperature=0, max_tokens=60)
+    assert plain.headers["x-cache"] == "HIT" and plain.parse().choices[0].message.content == text(live)
+
+
+def test_truncated_answer_is_not_stored(gw):
+    ask(gw, "Write a poem about the sea.", max_tokens=3)  # finish_reason "length"
+    assert ask(gw, "Write a poem about the sea.", max_tokens=3).headers["x-cache"] == "MISS"
+
+
+def test_cache_control(gw):
+    ask(gw, FRANCE, headers={"cache-control": "no-store"})
+    assert ask(gw, FRANCE).headers["x-cache"] == "MISS"  # nothing was stored
+    assert ask(gw, FRANCE, headers={"cache-control": "no-cache"}).headers["x-cache"] == "MISS"  # stored, not read
+    assert ask(gw, FRANCE).headers["x-cache"] == "HIT"
+    time.sleep(1.2)
+    assert ask(gw, FRANCE, headers={"cache-control": "max-age=1"}).headers["x-cache"] == "MISS"
+    assert ask(gw, FRANCE, headers={"cache-control": "max-age=60"}).headers["x-cache"] == "HIT"
+
+
+def test_ttl_expiry(gw):
+    h = {"x-cache-namespace": "short"}
+    ask(gw, FRANCE, headers=h)
+    assert ask(gw, FRANCE, headers=h).headers["x-cache"] == "HIT"
+    gw.gw.cache.l1.clear()
+    time.sleep(2.1)
+    assert ask(gw, FRANCE, headers=h).headers["x-cache"] == "MISS"
+
+
+def test_version_bump_and_model_change_miss(gw, gateway_factory, vllm_url, redis_url):
+    ask(gw, FRANCE)
+    assert ask(gw, FRANCE, model=ALIAS).headers["x-cache"] == "MISS"  # another model
+    cfg = namespaces(default={"version": "2"})
+    bumped = gateway_factory(vllm_url, redis_url, cache=cfg, redis={**gw.gw.cfg.redis.model_dump()}, auth={
+        "tenants": [{"name": t, "key_sha256": [sha(k)]} for t, k in KEYS.items()]})
+    assert ask(bumped, FRANCE).headers["x-cache"] == "MISS"
+
+
+@pytest.mark.parametrize("purge", [
+    {"namespace": "default"}, {"tenant": "a"}, {"model": MODEL}, {"version": "1"},
+    {"similar_to": "capital city of France", "threshold": 0.7}, "key"])
+def test_purge_by_each_filter(gw, purge):
+    ask(gw, FRANCE)
+    ask(gw, FRANCE, tenant="b")
+    if purge == "key":
+        purge = {"key": gw.gw.cache.plan("chat", {"model": MODEL, "temperature": 0, "max_tokens": 24,
+                                                   "messages": [{"role": "user", "content": FRANCE}]},
+                                         "a", None, None).exact_key}
+    n = admin(gw, "/admin/cache/purge", purge)["purged"]
+    assert n == (1 if "key" in purge or "tenant" in purge else 2)
+    assert ask(gw, FRANCE).headers["x-cache"] == "MISS"
+
+
+def test_purge_needs_a_filter_and_admin_key(gw):
+    r = httpx.post(gw.url + "/admin/cache/purge", json={}, headers={"authorization": f"Bearer {ADMIN}"})
+    assert r.status_code == 400
+    r = httpx.post(gw.url + "/admin/cache/purge", json={"bogus": 1}, headers={"authorization": f"Bearer {ADMIN}"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "bogus"
+    r = httpx.post(gw.url + "/admin/cache/purge", json={"tenant": "a"}, headers={"authorization": "Bearer x"})
+    assert r.status_code == 403
+    assert admin(gw, "/admin/cache/stats")["store"] == "ok"
+
+
+def test_metrics_count_hits_similarity_and_savings(gw):
+    ask(gw, FRANCE)
+    ask(gw, FRANCE)
+    ask(gw, "what's the capital city of France")
+    text = httpx.get(gw.url + "/metrics").text
+    assert 'cachestack_cache_requests_total{layer="exact",namespace="default",result="HIT"}' in text
+    assert 'cachestack_cache_requests_total{layer="semantic",namespace="default",result="HIT"}' in text
+    assert "cachestack_cache_similarity_bucket" in text
+    assert 'cachestack_cache_tokens_saved_total{kind="completion",model="smollm2"}' in text
+    assert 'cachestack_cache_stage_seconds_bucket{le="0.001",stage="embed"}' in text
