@@ -1,0 +1,97 @@
+"""Cache hits end to end at the gateway: exact and semantic, p50/p99 at concurrency 1 and 32, hits/s.
+
+The gateway runs as its own process (``cachestack serve``, one worker) with real Valkey + RediSearch and
+the real MiniLM embedder; the upstream is the fast fake (only used to seed entries: hits never reach it).
+Semantic hits ask a paraphrase (different exact key) of a stored question; every response's X-Cache
+header is checked, so a number here is a number of real hits. The L1 LRU serves repeated exact hits, so
+the exact numbers are measured twice: L1 on (default) and off (every hit is a Redis GET).
+
+python loadtests/bench_cache.py [--redis URL] [--n 2000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from contextlib import ExitStack
+from typing import Any
+
+import aiohttp
+
+from common import REPO, closed_loop, fake_upstream, gateway, summary
+
+CITIES = ["France", "Spain", "Italy", "Germany", "Japan", "Brazil", "Canada", "Egypt", "India", "Kenya",
+          "Peru", "Norway", "Chile", "Ghana", "Nepal", "Cuba"]
+TEMPLATES = [("What is the capital of {c}?", "what's the capital city of {c}"),
+             ("What currency does {c} use?", "which currency is used in {c}"),
+             ("What languages are spoken in {c}?", "which languages do people speak in {c}")]
+
+
+def body(question: str) -> dict[str, Any]:
+    return {"model": "fake", "temperature": 0, "messages": [{"role": "user", "content": question}]}
+
+
+async def run(gw: str, n: int, layer: str) -> dict[str, Any]:
+    pairs = [(a.format(c=c), b.format(c=c)) for c in CITIES for a, b in TEMPLATES]
+    results: dict[str, Any] = {}
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as s:
+        for stored, _ in pairs:  # seed: one miss each, stored after the response
+            async with s.post(gw + "/v1/chat/completions", json=body(stored)) as r:
+                await r.read()
+        await asyncio.sleep(1.0)
+        async with s.get(gw + "/metrics") as r:
+            stored = [line for line in (await r.text()).splitlines()
+                      if line.startswith(("cachestack_cache_stores_total", "cachestack_cache_bypass_total"))]
+        print("  seeded:", "; ".join(stored) or "nothing stored")
+        ask = [stored if layer.startswith("exact") else para for stored, para in pairs]
+        want = "exact" if layer.startswith("exact") else "semantic"
+
+        outcomes: list[bool] = []
+
+        async def call(i: int) -> None:
+            async with s.post(gw + "/v1/chat/completions", json=body(ask[i % len(ask)])) as r:
+                await r.read()
+                outcomes.append(r.headers.get("x-cache") == "HIT" and r.headers.get("x-cache-layer") == want)
+
+        await closed_loop(call, 200, 8)  # warm-up
+        for conc in (1, 32):
+            outcomes.clear()
+            lat, wall = await closed_loop(call, n, conc)
+            results[f"c{conc}"] = summary(f"{layer} hit, concurrency {conc}", lat, wall)
+            results[f"c{conc}"]["hit_fraction"] = sum(outcomes) / len(outcomes)
+            print(f"    {sum(outcomes)}/{len(outcomes)} answered as {want} hits")
+    return results
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--redis", help="a running Redis with search (default: start Valkey)")
+    p.add_argument("--n", type=int, default=2000)
+    p.add_argument("--json")
+    args = p.parse_args()
+    from serving.config import LocalStackConfig
+    from serving.local.processes import free_port
+    from serving.local.stack import start_stack
+
+    results: dict[str, Any] = {}
+    with ExitStack() as stack:
+        redis = args.redis or stack.enter_context(start_stack(
+            LocalStackConfig(data_dir=str(REPO / ".cachestack")), vllm=False, redis_port=free_port())).redis_url
+        up = stack.enter_context(fake_upstream())
+        print(f"Redis {redis}; fake upstream {up}")
+        for layer, l1 in (("exact (L1)", 64 << 20), ("exact (Redis)", 0), ("semantic", 64 << 20)):
+            cfg = {"upstreams": {"urls": [up]},
+                   "redis": {"url": redis, "index_prefix": f"bench{abs(hash(layer)) % 10_000}"},
+                   "cache": {"l1_max_bytes": l1}}
+            with gateway(cfg) as gw:
+                results[layer] = asyncio.run(run(gw, args.n, layer))
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(results, fh, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,144 @@
+"""Gateway added latency on the pass-through path, and pass-through requests/s.
+
+A. Real vLLM (CPU, SmolLM2): the same request direct and through the gateway, interleaved in one run
+   so both see the same machine state. Non-streaming latency and streaming time to first byte, at
+   concurrency 1 and 32. Gateway with the cache off (pure pass-through) and on (a miss: exact GET,
+   embed, KNN, decision before the upstream call).
+B. Fast fake upstream: requests/s at concurrency 32, direct vs through the gateway (one worker).
+
+python loadtests/bench_passthrough.py [--vllm URL] [--n 200]
+Without --vllm a vLLM CPU server is started (about 30 s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import sys
+from contextlib import ExitStack
+from typing import Any
+
+import aiohttp
+
+from common import REPO, closed_loop, fake_upstream, gateway, summary
+
+
+async def timed_post(session: aiohttp.ClientSession, url: str, body: dict[str, Any], stream: bool) -> float:
+    """Seconds to the whole response (non-streaming) or to the first body bytes (streaming)."""
+    loop = asyncio.get_running_loop()
+    t = loop.time()
+    async with session.post(url, json=body) as r:
+        if stream:
+            await r.content.readany()
+            first = loop.time() - t
+            await r.read()
+            return first
+        await r.read()
+        assert r.status == 200, r.status
+        return loop.time() - t
+
+
+async def paired(targets: dict[str, str], body_for: Any, n: int, concurrency: int, stream: bool) -> dict[str, list[float]]:
+    """Each worker alternates between the targets, so every target runs under the same load."""
+    lat: dict[str, list[float]] = {name: [] for name in targets}
+    names = list(targets)
+    counter = itertools.count()
+    conn = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=300)) as session:
+        async def worker() -> None:
+            while (i := next(counter)) < n * len(names):
+                name = names[i % len(names)]
+                lat[name].append(await timed_post(session, targets[name] + "/v1/chat/completions",
+                                                  body_for(i // len(names)), stream))
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return lat
+
+
+def report(title: str, lat: dict[str, list[float]]) -> dict[str, Any]:
+    print(f"\n{title}")
+    out = {name: summary(f"  {name}", values) for name, values in lat.items()}
+    base = out["direct"]["p50_ms"]
+    for name in lat:
+        if name != "direct":
+            d50 = out[name]["p50_ms"] - base
+            d99 = out[name]["p99_ms"] - out["direct"]["p99_ms"]
+            print(f"  added by {name:<20} p50 {d50:+8.3f} ms   p99 {d99:+8.3f} ms")
+    return out
+
+
+async def part_a(vllm: str, n: int) -> dict[str, Any]:
+    body = lambda i, stream=False: {  # noqa: E731
+        "model": "smollm2", "temperature": 0, "max_tokens": 16, "ignore_eos": True, "stream": stream,
+        "messages": [{"role": "user", "content": f"Question number {i}: what is {i} plus {i}?"}]}
+    results: dict[str, Any] = {}
+    with ExitStack() as stack:
+        plain = stack.enter_context(gateway({"upstreams": {"urls": [vllm]}, "cache": {"enabled": False}}))
+        cached = stack.enter_context(gateway({
+            "upstreams": {"urls": [vllm]}, "redis": {"url": REDIS_URL, "index_prefix": "benchpt"},
+            "cache": {"namespaces": {"default": {"sampled": "all"}}}}))
+        targets = {"direct": vllm, "gateway (pass-through)": plain, "gateway (cache miss)": cached}
+        await paired(targets, body, 3, 1, False)  # warm up connections, prefix cache, embedder
+        for conc in (1, 32):
+            count = n if conc == 1 else n * 2
+            results[f"json_c{conc}"] = report(f"non-streaming, concurrency {conc}",
+                                              await paired(targets, lambda i, c=conc: body(i + 10_000 * c), count,
+                                                           conc, False))
+            results[f"ttfb_c{conc}"] = report(f"streaming time to first byte, concurrency {conc}",
+                                              await paired(targets, lambda i, c=conc: body(i + 20_000 * c, True),
+                                                           count, conc, True))
+    return results
+
+
+async def part_b(n: int) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    with fake_upstream() as up, gateway({"upstreams": {"urls": [up]}, "cache": {"enabled": False}}) as gw:
+        body = {"model": "fake", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
+        print("\nfast upstream, concurrency 32 (requests/s, one gateway worker)")
+        for name, url in (("direct", up), ("gateway (pass-through)", gw)):
+            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as s:
+                async def call(_: int, url: str = url) -> None:
+                    async with s.post(url + "/v1/chat/completions", json=body) as r:
+                        await r.read()
+                await closed_loop(call, 500, 32)  # warm-up
+                lat, wall = await closed_loop(call, n, 32)
+            results[name] = summary(f"  {name}", lat, wall)
+    return results
+
+
+REDIS_URL = ""
+
+
+def main() -> int:
+    global REDIS_URL
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--vllm", help="a running vLLM serving 'smollm2' (default: start one)")
+    p.add_argument("--redis", help="a running Redis with search (default: start Valkey)")
+    p.add_argument("--n", type=int, default=200, help="requests per target at concurrency 1")
+    p.add_argument("--rps-n", type=int, default=20000, help="requests for the requests/s part")
+    p.add_argument("--json", help="write the numbers here")
+    args = p.parse_args()
+    from serving.config import LocalStackConfig
+    from serving.local.processes import free_port
+    from serving.local.stack import start_stack
+
+    with ExitStack() as stack:
+        need_vllm, need_redis = not args.vllm, not args.redis
+        local = None
+        if need_vllm or need_redis:
+            local = stack.enter_context(start_stack(
+                LocalStackConfig(data_dir=str(REPO / ".cachestack")), vllm=need_vllm, redis=need_redis,
+                vllm_ports=[free_port()], redis_port=free_port()))
+        vllm = args.vllm or local.vllm_urls[0]
+        REDIS_URL = args.redis or local.redis_url
+        print(f"vLLM {vllm}; Redis {REDIS_URL}; python {sys.version.split()[0]}")
+        results = {"vllm": asyncio.run(part_a(vllm, args.n)), "fast_upstream": asyncio.run(part_b(args.rps_n))}
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(results, fh, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
