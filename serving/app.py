@@ -96,7 +96,7 @@ def create_app(settings: Settings, *, embedder: Embedder | None = None) -> FastA
 
     app = FastAPI(title="cachestack", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     for module in (chat, completions, models, ops, admin):
-        app.include_router(module.router)
+        app.router.routes.extend(module.routes)
 
     @app.exception_handler(OpenAIError)
     async def openai_error(_: Request, exc: OpenAIError) -> Response:

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import orjson
-from fastapi import APIRouter
+from starlette.routing import Route
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
 from serving.generation import read_body
 from serving.protocol import OpenAIError
-
-router = APIRouter()
-
 
 class PurgeRequest(BaseModel):
     """At least one filter; filters combine with AND. ``similar_to`` purges near-duplicates of a text."""
@@ -35,7 +32,6 @@ def _cache(request: Request):  # type: ignore[no-untyped-def]
     return gw.cache
 
 
-@router.post("/admin/cache/purge")
 async def purge(request: Request) -> Response:
     cache = _cache(request)
     raw = await read_body(request, 65536)
@@ -53,7 +49,10 @@ async def purge(request: Request) -> Response:
     return Response(orjson.dumps({"purged": purged}), media_type="application/json")
 
 
-@router.get("/admin/cache/stats")
 async def stats(request: Request) -> Response:
     cache = _cache(request)
     return Response(orjson.dumps(await cache.stats()), media_type="application/json")
+
+
+routes = [Route("/admin/cache/purge", purge, methods=["POST"]),
+          Route("/admin/cache/stats", stats, methods=["GET"])]

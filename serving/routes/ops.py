@@ -1,21 +1,16 @@
 """GET /health (alive), GET /ready (an upstream answers; the cache state), GET /metrics."""
 
-from fastapi import APIRouter
+from starlette.routing import Route
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import Request
 from starlette.responses import Response
 
 import orjson
 
-router = APIRouter()
-
-
-@router.get("/health")
-async def health() -> Response:
+async def health(_: Request) -> Response:
     return Response(b'{"status":"ok"}', media_type="application/json")
 
 
-@router.get("/ready")
 async def ready(request: Request) -> Response:
     """200 when at least one upstream answers. The cache never makes the gateway unready: it fails
     open, so a down Redis shows as "degraded", not as a reason to pull the pod from the Service."""
@@ -37,6 +32,9 @@ async def ready(request: Request) -> Response:
     return Response(orjson.dumps(body), 200 if is_ready else 503, media_type="application/json")
 
 
-@router.get("/metrics")
-async def prometheus_metrics() -> Response:
+async def prometheus_metrics(_: Request) -> Response:
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+routes = [Route("/health", health, methods=["GET"]), Route("/ready", ready, methods=["GET"]),
+          Route("/metrics", prometheus_metrics, methods=["GET"])]
