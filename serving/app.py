@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from fastapi import FastAPI
+from prometheus_client import REGISTRY
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -23,6 +24,7 @@ from serving import metrics
 from serving.auth import Authenticator
 from serving.catalog import ModelCatalog
 from serving.config import Settings
+from serving.prefix_hygiene import PrefixHygiene
 from serving.protocol import OpenAIError, error_body
 from serving.router import Router
 from serving.routes import admin, chat, completions, models, ops
@@ -43,6 +45,7 @@ class Gateway:
     catalog: ModelCatalog
     cache: CacheService | None
     singleflight: SingleFlight
+    hygiene: PrefixHygiene | None
 
 
 def build_rule(settings: Settings) -> DecisionRule:
@@ -80,10 +83,14 @@ def create_app(settings: Settings, *, embedder: Embedder | None = None) -> FastA
         await upstream.start()
         router = Router(settings.upstreams)
         await router.start()
+        collectors = [router.collector(), router.vllm_metrics]
+        for collector in collectors:
+            REGISTRY.register(collector)
+        ph = settings.prefix_hygiene
         catalog = ModelCatalog(upstream, router, settings.upstreams.models_refresh_s)
         cache = await build_cache(settings, embedder)
         app.state.gw = Gateway(settings, Authenticator(settings.auth), upstream, router, catalog, cache,
-                               SingleFlight())
+                               SingleFlight(), PrefixHygiene(ph.window, ph.head_chars) if ph.enabled else None)
         await catalog.refresh()
         try:
             yield
@@ -91,6 +98,8 @@ def create_app(settings: Settings, *, embedder: Embedder | None = None) -> FastA
             if cache is not None:
                 await cache.drain()
                 await cache.store.aclose()
+            for collector in collectors:
+                REGISTRY.unregister(collector)
             await router.aclose()
             await upstream.aclose()
 

@@ -88,6 +88,9 @@ async def handle(request: Request, kind: str) -> Response:
                 gw.cache.maybe_shadow(plan, lookup.hit, lambda: _fresh_answer(gw, path, body, forward))
                 return _hit_response(lookup.hit, kind, parsed)
     result = "MISS" if plan is not None and (plan.lookup or plan.store) else "BYPASS"
+    affinity = affinity_text(body)
+    if gw.hygiene is not None:  # only misses reach vLLM, so only they matter to its prefix cache
+        gw.hygiene.observe(plan.namespace if plan is not None else "-", affinity)
 
     if parsed.stream:
         wants_usage = bool(parsed.stream_options and parsed.stream_options.include_usage)
@@ -96,11 +99,11 @@ async def handle(request: Request, kind: str) -> Response:
             # drop the usage event on its way to this client, who did not ask
             forward = orjson.dumps({**orjson.loads(forward), "stream_options": {"include_usage": True}})
         assembler = StreamAssembler(kind, hide_usage=not wants_usage)
-        return await _stream_miss(gw, path, body, forward, plan, lookup, assembler, result, started)
+        return await _stream_miss(gw, path, affinity, forward, plan, lookup, assembler, result, started)
     if plan is not None and plan.store:
-        status, data, ctype = await gw.singleflight.run(plan.exact_key, lambda: _call(gw, path, body, forward))
+        status, data, ctype = await gw.singleflight.run(plan.exact_key, lambda: _call(gw, path, affinity, forward))
     else:
-        status, data, ctype = await _call(gw, path, body, forward)
+        status, data, ctype = await _call(gw, path, affinity, forward)
     if status == 200:
         answer = _json_object(data)
         if answer is None:
@@ -124,8 +127,8 @@ def _forward_body(gw: Gateway, body: dict[str, Any], raw: bytes, tenant: str) ->
     return orjson.dumps({**body, "cache_salt": salt})
 
 
-async def _call(gw: Gateway, path: str, body: dict[str, Any], data: bytes) -> tuple[int, bytes, str]:
-    replica = gw.router.choose(affinity_text(body))
+async def _call(gw: Gateway, path: str, affinity: str, data: bytes) -> tuple[int, bytes, str]:
+    replica = gw.router.choose(affinity)
     ok = False
     try:
         resp = await gw.upstream.post(replica.url, path, data)
@@ -166,7 +169,7 @@ async def _fresh_answer(gw: Gateway, path: str, body: dict[str, Any], data: byte
     """A non-streamed fresh answer for shadow checks of a hit."""
     if body.get("stream"):
         data = orjson.dumps({**orjson.loads(data), "stream": False})
-    status, payload, _ = await _call(gw, path, body, data)
+    status, payload, _ = await _call(gw, path, affinity_text(body), data)
     return _json_object(payload) if status == 200 else None
 
 
@@ -184,9 +187,9 @@ def _after_answer(gw: Gateway, plan: CachePlan | None, lookup: Lookup, answer: d
             gw.cache.store_later(plan, answer, lookup.embedding)
 
 
-async def _stream_miss(gw: Gateway, path: str, body: dict[str, Any], data: bytes, plan: CachePlan | None,
+async def _stream_miss(gw: Gateway, path: str, affinity: str, data: bytes, plan: CachePlan | None,
                        lookup: Lookup, assembler: StreamAssembler, result: str, started: float) -> Response:
-    replica = gw.router.choose(affinity_text(body))
+    replica = gw.router.choose(affinity)
     try:
         resp = await gw.upstream.post(replica.url, path, data)
     except OpenAIError as exc:
