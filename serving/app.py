@@ -10,7 +10,6 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from fastapi import FastAPI
-from prometheus_client import REGISTRY
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -84,8 +83,7 @@ def create_app(settings: Settings, *, embedder: Embedder | None = None) -> FastA
         router = Router(settings.upstreams)
         await router.start()
         collectors = [router.collector(), router.vllm_metrics]
-        for collector in collectors:
-            REGISTRY.register(collector)
+        metrics.LIVE_APP.attach(collectors)
         ph = settings.prefix_hygiene
         catalog = ModelCatalog(upstream, router, settings.upstreams.models_refresh_s)
         cache = await build_cache(settings, embedder)
@@ -98,8 +96,7 @@ def create_app(settings: Settings, *, embedder: Embedder | None = None) -> FastA
             if cache is not None:
                 await cache.drain()
                 await cache.store.aclose()
-            for collector in collectors:
-                REGISTRY.unregister(collector)
+            metrics.LIVE_APP.detach(collectors)
             await router.aclose()
             await upstream.aclose()
 

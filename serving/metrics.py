@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+from collections.abc import Iterator
+
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512,
                    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
@@ -18,3 +22,29 @@ PROMPT_TOKENS = Counter("cachestack_upstream_prompt_tokens_total", "Prompt token
 CACHED_PROMPT_TOKENS = Counter("cachestack_upstream_cached_prompt_tokens_total",
                                "Prompt tokens vLLM served from its prefix cache (usage.prompt_tokens_details)",
                                ["model"])
+
+
+class _LiveApp(Collector):
+    """Exports the routing and vLLM collectors of the running gateway app.
+
+    Registered once per process; an app attaches its collectors at start and detaches them at stop,
+    so a process that builds several apps (tests) never registers a metric name twice.
+    """
+
+    def __init__(self) -> None:
+        self._stack: list[list[Collector]] = []
+
+    def attach(self, collectors: list[Collector]) -> None:
+        self._stack.append(collectors)
+
+    def detach(self, collectors: list[Collector]) -> None:
+        self._stack = [c for c in self._stack if c is not collectors]
+
+    def collect(self) -> Iterator[Metric]:
+        if self._stack:
+            for collector in self._stack[-1]:
+                yield from collector.collect()
+
+
+LIVE_APP = _LiveApp()
+REGISTRY.register(LIVE_APP)
