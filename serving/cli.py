@@ -14,13 +14,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cachestack", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"serving.commands.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"serving.commands.{name}":
-                raise
-            continue  # a command not built yet
-        module.register(sub)
+        importlib.import_module(f"serving.commands.{name}").register(sub)
     return parser
 
 
