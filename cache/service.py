@@ -63,6 +63,7 @@ class CacheService:
         self.last_error: str | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._shadow_counts: dict[tuple[str, bool], int] = {}
+        self._recheck = True  # ping and (re)create the index before the next use: a restarted Redis is empty
         metrics.REDIS_UP.set(1)
 
     # -- state -------------------------------------------------------------------------------
@@ -72,6 +73,7 @@ class CacheService:
 
     def _failed(self, exc: BaseException, op: str) -> None:
         self.down_until = time.monotonic() + self.retry_after_s
+        self._recheck = True
         self.last_error = f"{op}: {type(exc).__name__}"
         metrics.REDIS_UP.set(0)
         metrics.BYPASSES.labels(f"{op}_error").inc()
@@ -93,6 +95,7 @@ class CacheService:
             self._failed(exc, "ping")
             return False
         self.down_until = 0.0
+        self._recheck = False
         self._ok()
         return True
 
@@ -128,6 +131,8 @@ class CacheService:
             return Lookup(CacheHit(hot.answer, "exact", None, time.time() - hot.created, plan.exact_key))
         if self.degraded:
             metrics.BYPASSES.labels("store_down").inc()
+            return Lookup()
+        if self._recheck and not await self.check():
             return Lookup()
         deadline = time.monotonic() + self.budget_s
         try:
@@ -222,7 +227,7 @@ class CacheService:
         if len(orjson.dumps(answer)) > self.cfg.max_entry_bytes:
             metrics.STORES.labels(plan.namespace, "too_large").inc()
             return
-        if self.degraded:
+        if self.degraded or (self._recheck and not await self.check()):
             metrics.STORES.labels(plan.namespace, "skipped").inc()
             return
         try:

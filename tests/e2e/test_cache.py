@@ -227,3 +227,75 @@ def test_metrics_count_hits_similarity_and_savings(gw):
     assert "cachestack_cache_similarity_bucket" in text
     assert 'cachestack_cache_tokens_saved_total{kind="completion",model="smollm2"}' in text
     assert 'cachestack_cache_stage_seconds_bucket{le="0.001",stage="embed"}' in text
+
+
+def test_redis_stopped_and_restarted_under_the_gateway(gateway_factory, vllm_url, tmp_path):
+    """Fail open: with Redis gone every request is still answered (MISS, from vLLM) within the budget,
+    /ready says degraded; when Redis is back (empty) the cache recreates its index and hits again."""
+    from serving.local.processes import free_port, valkey_child, wait_redis
+
+    port = free_port()
+    redis = valkey_child(port, tmp_path)
+    redis.start()
+    try:
+        wait_redis(redis, port)
+        gw = gateway_factory(vllm_url, f"redis://127.0.0.1:{port}/0",
+                             redis={"lookup_budget_ms": 200, "retry_after_s": 0.5}, cache=namespaces())
+        h = {"authorization": f"Bearer {KEYS['a']}"}
+        body = {"model": MODEL, "temperature": 0, "max_tokens": 24, "messages": [{"role": "user", "content": FRANCE}]}
+        post = lambda: httpx.post(gw.url + "/v1/chat/completions", json=body, headers=h, timeout=60)  # noqa: E731
+        post()
+        gw.drain()
+        assert post().headers["x-cache"] == "HIT"
+        gw.gw.cache.l1.clear()
+
+        redis.stop(grace_s=0.1)
+        for _ in range(3):
+            r = post()
+            assert r.status_code == 200 and r.headers["x-cache"] == "MISS"
+            assert "paris" in r.json()["choices"][0]["message"]["content"].lower()
+        gw.drain()
+        ready = httpx.get(gw.url + "/ready").json()
+        assert ready["status"] == "ready" and ready["cache"] == "degraded"
+        assert "cachestack_cache_redis_up 0.0" in httpx.get(gw.url + "/metrics").text
+
+        redis = valkey_child(port, tmp_path)
+        redis.start()
+        wait_redis(redis, port)
+        time.sleep(0.6)  # retry_after_s
+        assert post().headers["x-cache"] == "MISS"  # the new Redis is empty
+        gw.drain()
+        assert post().headers["x-cache"] == "HIT"
+        assert httpx.get(gw.url + "/ready").json()["cache"] == "ok"
+    finally:
+        redis.stop()
+
+
+def test_hanging_redis_is_skipped(gateway_factory, vllm_url):
+    """A Redis that accepts connections and never answers (a fault a real Redis cannot be asked for):
+    its check gives up within its timeout, the answer comes from vLLM, and requests skip the store
+    (no per-request wait) while /ready says degraded."""
+    import socket
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(64)
+    try:
+        url = f"redis://127.0.0.1:{silent.getsockname()[1]}/0"
+        gw = gateway_factory(vllm_url, url, redis={"lookup_budget_ms": 100, "store_timeout_ms": 300,
+                                                   "retry_after_s": 30}, cache=namespaces())
+        h = {"authorization": f"Bearer {KEYS['a']}"}
+        body = {"model": MODEL, "temperature": 0, "max_tokens": 24,
+                "messages": [{"role": "user", "content": "What is the capital of Peru?"}]}
+        direct = httpx.post(vllm_url + "/v1/chat/completions", json=body, timeout=60)
+        started = time.perf_counter()
+        r = httpx.post(gw.url + "/v1/chat/completions", json=body, headers=h, timeout=60)
+        took = time.perf_counter() - started
+        assert r.status_code == 200 and r.headers["x-cache"] == "MISS"
+        assert r.json()["choices"][0]["message"] == direct.json()["choices"][0]["message"]
+        assert took < 5.0  # vLLM time plus at most one budget, not a socket timeout
+        bypassed = httpx.get(gw.url + "/metrics").text
+        assert 'cachestack_cache_bypass_total{reason="store_down"}' in bypassed or "lookup_error" in bypassed
+        assert httpx.get(gw.url + "/ready").json()["cache"] == "degraded"
+    finally:
+        silent.close()
