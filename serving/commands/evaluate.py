@@ -71,10 +71,10 @@ def _setup(args: argparse.Namespace) -> tuple[Any, Any, Any, list[tuple[str, str
 
 def _build(settings: Any) -> tuple[Any, Any]:
     from cache.decision import build_rule
-    from cache.embedder import Embedder
+    from cache.embedder import embedder_from_config
 
     e = settings.embedder
-    embedder = Embedder(e.model, backend=e.backend, model_file=e.model_file, device=e.device, threads=e.threads)
+    embedder = embedder_from_config(e)
     return embedder, build_rule(settings.cache.decision)
 
 
