@@ -146,3 +146,18 @@ async def test_microbatcher_encodes_off_the_event_loop(embedder: Any, monkeypatc
     mb = MicroBatcher(embedder, batch_wait_ms=1)
     await mb.embed("hello")
     assert threads and threads[0] != threading.get_ident()
+
+
+def test_onnx_backend_agrees_with_torch_to_1e5(tmp_path):
+    """The shipped default (onnx) must give the cosines torch gives: a threshold tuned on one holds
+    for the other."""
+    from cache.embedder import Embedder
+
+    texts = ["What is RAG?", "Can you explain retrieval-augmented generation?", "enable 2FA", "disable 2FA",
+             "How do I reset my password?", "what's the capital city of France"]
+    onnx = Embedder(backend="onnx", onnx_dir=str(tmp_path))
+    torch_ = Embedder(backend="torch")
+    a, b = onnx.encode(texts), torch_.encode(texts)
+    assert a.shape == b.shape == (len(texts), 384)
+    assert float(abs(a @ a.T - b @ b.T).max()) < 1e-5
+    assert list(tmp_path.glob("*.onnx"))  # exported once, kept for the next start
