@@ -34,7 +34,8 @@ class EmbedderConfig(Strict):
         "onnx", description="onnx: exported once, run by onnxruntime (same vectors, ~2x faster here)")
     onnx_dir: str = Field("~/.cache/cachestack/onnx", description="where the exported graph is kept")
     device: str = "cpu"
-    batch_wait_ms: float = Field(2.0, ge=0, description="how long a query waits for batch mates")
+    batch_wait_ms: float = Field(
+        0.0, ge=0, description="extra wait for batch mates when the encoder is idle (busy: they queue anyway)")
     max_batch: int = Field(64, ge=1)
     threads: int | None = Field(None, ge=1, description="intra-op threads; default 1 for onnx")
 

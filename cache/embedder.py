@@ -90,9 +90,13 @@ class _Pending:
 
 
 class MicroBatcher:
-    """Collects concurrent ``embed`` calls into one ``Embedder.encode`` run in a worker thread."""
+    """Collects concurrent ``embed`` calls into one ``Embedder.encode`` run in a worker thread.
 
-    def __init__(self, embedder: Embedder, batch_wait_ms: float = 2.0, max_batch: int = 64) -> None:
+    Batches form while the encoder is busy: callers that arrive during an encode share the next one.
+    An idle encoder starts at once (after ``batch_wait_ms``, default 0), so a lone query pays no wait.
+    """
+
+    def __init__(self, embedder: Embedder, batch_wait_ms: float = 0.0, max_batch: int = 64) -> None:
         self.embedder = embedder
         self.wait_s = batch_wait_ms / 1000.0
         self.max_batch = max_batch
@@ -101,7 +105,7 @@ class MicroBatcher:
         self._lock = asyncio.Lock()  # one encode at a time: two would fight over 2 cores
 
     async def embed(self, text: str) -> np.ndarray:
-        """The unit-length embedding of ``text``; waits at most ``batch_wait_ms`` for batch mates."""
+        """The unit-length embedding of ``text``."""
         fut: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
         self._queue.append(_Pending(text, fut))
         if self._flusher is None:
@@ -109,21 +113,21 @@ class MicroBatcher:
         return await fut
 
     async def _flush(self) -> None:
-        if len(self._queue) < self.max_batch and self.wait_s > 0:
+        if self.wait_s > 0 and len(self._queue) < self.max_batch:
             await asyncio.sleep(self.wait_s)
-        batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
-        self._flusher = asyncio.get_running_loop().create_task(self._flush()) if self._queue else None
-        batch = [p for p in batch if not p.future.done()]  # drop callers that went away
-        if not batch:
-            return
-        try:
-            async with self._lock:
+        async with self._lock:  # while an encode runs, newcomers queue up for the next batch
+            batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
+            self._flusher = asyncio.get_running_loop().create_task(self._flush()) if self._queue else None
+            batch = [p for p in batch if not p.future.done()]  # drop callers that went away
+            if not batch:
+                return
+            try:
                 vecs = await asyncio.to_thread(self.embedder.encode, [p.text for p in batch])
-        except Exception as exc:  # every waiter learns of the failure
-            for p in batch:
-                if not p.future.done():
-                    p.future.set_exception(exc)
-            return
+            except Exception as exc:  # every waiter learns of the failure
+                for p in batch:
+                    if not p.future.done():
+                        p.future.set_exception(exc)
+                return
         for p, v in zip(batch, vecs, strict=True):
             if not p.future.done():
                 p.future.set_result(v)
