@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import orjson
 from redis.exceptions import RedisError
+from redisvl.exceptions import RedisVLError
 
 from cache import metrics
 from cache.config import CacheConfig
@@ -29,7 +30,7 @@ from cache.keys import normalise_query
 from cache.store import CacheStore, Entry, Neighbour, scope_filter
 
 log = logging.getLogger("cachestack.cache")
-STORE_ERRORS = (RedisError, OSError, asyncio.TimeoutError, ValueError)
+STORE_ERRORS = (RedisError, RedisVLError, OSError, asyncio.TimeoutError, ValueError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,7 +139,7 @@ class CacheService:
         try:
             t = time.perf_counter()
             async with asyncio.timeout(self.budget_s):
-                entry = await self.store.get(plan.exact_key)
+                entry = await self.store.get(self.store.entry_id(self._tags(plan), plan.exact_key))
             metrics.STAGE_SECONDS.labels("exact").observe(time.perf_counter() - t)
         except STORE_ERRORS as exc:
             self._failed(exc, "lookup")
@@ -235,7 +236,8 @@ class CacheService:
                 embedding = await self.embedder.embed(plan.query)
             t = time.perf_counter()
             async with asyncio.timeout(self.store.cfg.store_timeout_ms / 1000.0):
-                await self.store.put(plan.exact_key, answer=answer, query=plan.query,
+                await self.store.put(self.store.entry_id(self._tags(plan), plan.exact_key), answer=answer,
+                                     query=plan.query,
                                      embedding=embedding if plan.semantic else None,
                                      tags={**self._tags(plan), "tenant": plan.tenant},
                                      ttl_s=plan.settings.ttl_s)
@@ -280,12 +282,12 @@ class CacheService:
         """Delete entries by tags, by exact key, or near a text; clears this replica's L1."""
         self.l1.clear()
         if key is not None:
-            return int(await self.store.redis.unlink(self.store.key(key)))
+            return await self.store.purge_key(key)
         vector = await self.embedder.embed(normalise_query(similar_to)) if similar_to is not None else None
         return await self.store.purge(scope_filter(dict(tags)), vector=vector, threshold=threshold)
 
     async def stats(self) -> dict[str, Any]:
-        return {"entries": await self.store.count(), "index": self.store.schema.index.name,
+        return {"entries": await self.store.count(), "partitions": len(await self.store.partitions()),
                 "l1_entries": len(self.l1), "l1_bytes": self.l1.bytes,
                 "store": "degraded" if self.degraded else "ok"}
 

@@ -36,6 +36,8 @@ async def load(store: Any, n: int, tenants: int, rng: np.random.Generator) -> fl
     from cache.store import encode_answer, tag_value
 
     blob = encode_answer({"choices": [{"message": {"role": "assistant", "content": "x" * 200}}]})
+    for t in range(tenants):  # the partitions' indexes, as the first write of each would create them
+        await store._ensure_partition(store.partition_of(tags_for(t, tenants, rng)))
     started = time.perf_counter()
     batch = 2000
     for start in range(0, n, batch):
@@ -44,18 +46,21 @@ async def load(store: Any, n: int, tenants: int, rng: np.random.Generator) -> fl
         pipe = store.redis.pipeline(transaction=False)
         for j, v in enumerate(vecs):
             i = start + j
+            tg = tags_for(i, tenants, rng)
             fields = {"answer": blob, "query": f"q{i}", "created": time.time(), "embedding": v.tobytes(),
-                      **{k: tag_value(val) for k, val in tags_for(i, tenants, rng).items()}, "tenant": "t"}
-            pipe.hset(store.key(f"k{i}"), mapping=fields)
+                      **{k: tag_value(val) for k, val in tg.items()}, "tenant": tag_value(tg["scope"])}
+            pipe.hset(store.key(store.entry_id(tg, f"k{i}")), mapping=fields)
         await pipe.execute()
         if start and start % 50_000 == 0:
             print(f"  loaded {start} ({time.perf_counter() - started:.0f} s)", flush=True)
-    while True:  # wait for the background indexer
-        info = await store.index.info()
-        if int(info.get("num_docs", 0)) >= n and str(info.get("indexing", "0")) in ("0", "0.0"):
-            break
+    while await store.count() < n:  # wait for the indexer
         await asyncio.sleep(1)
     return time.perf_counter() - started
+
+
+async def drop_all(store: Any) -> None:
+    for pid in await store.partitions():
+        await store._index(pid).delete(drop=True)
 
 
 async def bench(redis_url: str, n: int, tenants: int, queries: int) -> dict[str, Any]:
@@ -66,8 +71,7 @@ async def bench(redis_url: str, n: int, tenants: int, queries: int) -> dict[str,
 
     rng = np.random.default_rng(n)
     store = CacheStore(RedisConfig(url=redis_url, index_prefix=f"knn{n}", store_timeout_ms=60_000), DIM)
-    await store.index.delete(drop=True) if await store.index.exists() else None
-    await store.ensure_index()
+    await drop_all(store)
     print(f"\n{n} entries, {tenants} tenants")
     load_s = await load(store, n, tenants, rng)
     mem = (await store.redis.info("memory"))["used_memory"]
@@ -83,18 +87,27 @@ async def bench(redis_url: str, n: int, tenants: int, queries: int) -> dict[str,
             "scope": f"tenant-{i % tenants}", "fingerprint": f"fp-tenant-{i % tenants}-conv-{i % 1000}",
             "model": "smollm2", "version": "1", "namespace": "default"},
     }
+    # unfiltered baseline: one global index over every entry, as a single-index layout would have
+    from redisvl.index import AsyncSearchIndex
+
+    from cache.store import schema_for
+    baseline = AsyncSearchIndex(schema_for(f"knn{n}-global", store.key_prefix, DIM, store.cfg), redis_client=store.redis)
+    await baseline.create(overwrite=True)
+    while int((await baseline.info()).get("num_docs", 0)) < n:
+        await asyncio.sleep(1)
     for name, tag_fn in cases.items():
         lat = []
         for i in range(queries):
             t = time.perf_counter()
             if tag_fn is None:
-                await store.index.query(VectorQuery(vector=qv[i].tobytes(), vector_field_name="embedding",
-                                                    return_fields=["query", "created"], num_results=3))
+                await baseline.query(VectorQuery(vector=qv[i].tobytes(), vector_field_name="embedding",
+                                                 return_fields=["query", "created"], num_results=3))
             else:
                 await store.knn(qv[i], tag_fn(i), 3)
             lat.append(time.perf_counter() - t)
         out[name] = summary(f"  KNN-3 {name}", lat)
-    await store.index.delete(drop=True)
+    await baseline.delete(drop=False)
+    await drop_all(store)
     await store.aclose()
     return out
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from fastapi import FastAPI
 from redis.exceptions import RedisError
+from redisvl.exceptions import RedisVLError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
@@ -114,6 +115,7 @@ def create_app(settings: Settings, *, embedder: Embedder | None = None) -> FastA
         return Response(error_body(message, kind, None, exc.status_code), exc.status_code,
                         media_type="application/json", headers=getattr(exc, "headers", None))
 
+    @app.exception_handler(RedisVLError)
     @app.exception_handler(RedisError)
     async def store_error(_: Request, exc: RedisError) -> Response:
         return Response(error_body(f"cache store unavailable: {type(exc).__name__}", "service_unavailable"),

@@ -43,9 +43,11 @@ class RoutingConfig(Strict):
         2048, ge=64, description="leading characters of the prompt that pick a replica"
     )
     load_factor: float = Field(
-        1.25, ge=1.0, description="a replica over this multiple of the mean in-flight load spills over"
+        1.2, ge=1.0, description="a replica over this multiple of the mean in-flight load spills over"
     )
-    virtual_nodes: int = Field(64, ge=1, le=1024)
+    virtual_nodes: int = Field(256, ge=1, le=4096, description="ring points per replica (64 split 2 replicas 57/43)")
+    session_affinity_entries: int = Field(
+        65536, ge=0, description="conversations remembered on the replica holding their history; 0: off")
     eject_after_failures: int = Field(3, ge=1)
     eject_for_s: float = Field(10.0, gt=0)
     metrics_scrape_s: float = Field(5.0, gt=0, description="how often each replica's /metrics is read")
@@ -120,7 +122,7 @@ class LocalStackConfig(Strict):
     vllm_port: int = Field(8000, ge=1, le=65535)
     vllm_replicas: int = Field(1, ge=1, le=8)
     vllm_args: list[str] = Field(default_factory=lambda: ["--enforce-eager", "--max-model-len", "4096"])
-    kv_cache_gib: float = Field(1.0, gt=0, description="VLLM_CPU_KVCACHE_SPACE per replica")
+    kv_cache_gib: int = Field(1, ge=1, description="VLLM_CPU_KVCACHE_SPACE per replica (whole GiB only)")
     redis_port: int = Field(6379, ge=1, le=65535)
     data_dir: str = Field(".cachestack", description="converted models, logs; reused across runs")
 

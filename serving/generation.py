@@ -204,7 +204,7 @@ async def _stream_miss(gw: Gateway, path: str, affinity: str, data: bytes, plan:
         return Response(payload, status, media_type=ctype, headers=cache_headers(result))
 
     async def relay() -> AsyncIterator[bytes]:
-        ok = False
+        failed = False  # the upstream's fault; a client leaving is not, and must not eject the replica
         first = True
         try:
             async for chunk in resp.chunks():
@@ -217,13 +217,13 @@ async def _stream_miss(gw: Gateway, path: str, affinity: str, data: bytes, plan:
             rest = assembler.flush()
             if rest:
                 yield rest
-            ok = True
         except OpenAIError as exc:  # upstream broke off: tell the client in-band, store nothing
+            failed = True
             metrics.UPSTREAM_ERRORS.labels(str(exc.code)).inc()
             yield b"data: " + exc.body() + b"\n\n"
         finally:  # also on client disconnect: closing the upstream connection aborts the generation
             resp.close()
-            gw.router.release(replica, ok)
+            gw.router.release(replica, not failed)
         answer = assembler.complete_answer()
         if answer is not None:
             _after_answer(gw, plan, lookup, answer)

@@ -51,7 +51,7 @@ def vllm_url() -> Iterator[str]:
     from serving.local.processes import free_port
     from serving.local.stack import start_stack
 
-    cfg = LocalStackConfig(data_dir=str(REPO / ".cachestack"), kv_cache_gib=1.0)
+    cfg = LocalStackConfig(data_dir=str(REPO / ".cachestack"), kv_cache_gib=1)
     with start_stack(cfg, redis=False, vllm_ports=[free_port()], aliases=[ALIAS]) as stack:
         yield stack.vllm_urls[0]
 

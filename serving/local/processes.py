@@ -87,12 +87,12 @@ def valkey_child(port: int, log_dir: Path) -> Child:
     return Child(f"valkey:{port}", argv, log_dir / f"valkey-{port}.log")
 
 
-def vllm_child(model_path: str, served_names: list[str], port: int, log_dir: Path, kv_cache_gib: float,
+def vllm_child(model_path: str, served_names: list[str], port: int, log_dir: Path, kv_cache_gib: int,
                extra_args: list[str]) -> Child:
     argv = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model_path,
             "--served-model-name", *served_names, "--host", "127.0.0.1", "--port", str(port),
             "--enable-prefix-caching", "--enable-prompt-tokens-details", "--dtype", "float32", *extra_args]
-    env = {"VLLM_CPU_KVCACHE_SPACE": f"{kv_cache_gib:g}", "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1",
+    env = {"VLLM_CPU_KVCACHE_SPACE": str(int(kv_cache_gib)), "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1",
            "DO_NOT_TRACK": "1"}
     return Child(f"vllm:{port}", argv, log_dir / f"vllm-{port}.log", env)
 

@@ -54,22 +54,18 @@ async def make_store(redis_url: str) -> AsyncIterator[Callable[..., CacheStore]]
         return store
 
     yield make
-    dropped: set[str] = set()
     for store in made:
-        name = store.schema.index.name
-        if name not in dropped:
-            dropped.add(name)
-            try:
-                if await store.index.exists():
-                    await store.index.delete(drop=True)
-            except Exception:
-                pass
+        try:
+            for pid in await store.partitions():
+                await store._index(pid).delete(drop=True)
+        except Exception:
+            pass
         await store.aclose()
 
 
 async def put(store: CacheStore, entry_id: str, vec: np.ndarray | None, tg: dict[str, str], text: str = "a",
               ttl_s: int = 600, tenant: str | None = None) -> None:
-    await store.put(entry_id, answer=answer(text), query=f"q {entry_id}", embedding=vec,
+    await store.put(store.entry_id(tg, entry_id), answer=answer(text), query=f"q {entry_id}", embedding=vec,
                     tags={**tg, "tenant": tenant or tg["scope"]}, ttl_s=ttl_s)
 
 
@@ -83,27 +79,27 @@ async def test_ensure_index_idempotent_and_restart_keeps_entries(make_store) -> 
     await put(s1, "e1", E1, tags())
     s2 = make_store(prefix=s1.cfg.index_prefix)
     await s2.ensure_index()
-    assert s2.schema.index.name == s1.schema.index.name
-    got = await s2.get("e1")
+    assert s2.name_prefix == s1.name_prefix
+    got = await s2.get(s2.entry_id(tags(), "e1"))
     assert got is not None and got.answer == answer("a")
     hits = await s2.knn(E1, tags(), 3)
-    assert [h.entry_id for h in hits] == ["e1"]
+    assert [h.entry_id.split(":", 1)[1] for h in hits] == ["e1"]
     assert await s2.count() == 1
 
 
 async def test_dimension_change_gets_its_own_index(make_store) -> None:
     prefix = f"t{uuid.uuid4().hex[:12]}"
     small, big = make_store(prefix, dim=8), make_store(prefix, dim=16)
-    assert small.schema.index.name != big.schema.index.name
+    assert small.name_prefix != big.name_prefix
     assert small.key_prefix != big.key_prefix
     await small.ensure_index()
     await big.ensure_index()
     await put(small, "s", E1, tags())
     await put(big, "b", unit(1.0, dim=16), tags())
-    assert [h.entry_id for h in await small.knn(E1, tags(), 5)] == ["s"]
-    assert [h.entry_id for h in await big.knn(unit(1.0, dim=16), tags(), 5)] == ["b"]
+    assert [h.entry_id.split(":", 1)[1] for h in await small.knn(E1, tags(), 5)] == ["s"]
+    assert [h.entry_id.split(":", 1)[1] for h in await big.knn(unit(1.0, dim=16), tags(), 5)] == ["b"]
     assert await small.count() == 1 and await big.count() == 1
-    assert await small.get("b") is None and await big.get("s") is None
+    assert await small.get(small.entry_id(tags(), "b")) is None and await big.get(big.entry_id(tags(), "s")) is None
 
 
 async def test_dimension_whose_prefix_is_a_string_prefix_of_another(make_store) -> None:
@@ -115,9 +111,9 @@ async def test_dimension_whose_prefix_is_a_string_prefix_of_another(make_store) 
     await put(d48, "x", unit(1.0, dim=48), tags())
     await put(d4, "y", unit(1.0, dim=4), tags())
     assert await d4.count() == 1
-    assert [h.entry_id for h in await d4.knn(unit(1.0, dim=4), tags(), 5)] == ["y"]
+    assert [h.entry_id.split(":", 1)[1] for h in await d4.knn(unit(1.0, dim=4), tags(), 5)] == ["y"]
     assert await d4.purge(scope_filter(tags())) == 1
-    assert await d48.get("x") is not None
+    assert await d48.get(d48.entry_id(tags(), "x")) is not None
 
 
 # -- exact get / put -------------------------------------------------------------------------
@@ -137,11 +133,11 @@ def test_encode_small_raw_large_compressed() -> None:
 async def test_put_get_roundtrip(make_store) -> None:
     s = make_store()
     await s.ensure_index()
-    assert await s.get("missing") is None
+    assert await s.get(s.entry_id(tags(), "missing")) is None
     before = time.time()
-    await s.put("k1", answer=answer("héllo ✓"), query="hello", embedding=E1, tags={**tags(), "tenant": "a"},
+    await s.put(s.entry_id(tags(), "k1"), answer=answer("héllo ✓"), query="hello", embedding=E1, tags={**tags(), "tenant": "a"},
                 ttl_s=600)
-    got = await s.get("k1")
+    got = await s.get(s.entry_id(tags(), "k1"))
     assert got is not None
     assert got.answer == answer("héllo ✓") and got.query == "hello"
     assert before - 1 <= got.created <= time.time() + 1
@@ -151,10 +147,10 @@ async def test_large_answer_roundtrip_is_compressed(make_store) -> None:
     s = make_store()
     await s.ensure_index()
     big = answer("lorem ipsum dolor sit amet " * 2000)
-    await s.put("big", answer=big, query="q", embedding=None, tags={**tags(), "tenant": "a"}, ttl_s=600)
-    raw = await s.redis.hget(s.key("big"), "answer")
+    await s.put(s.entry_id(tags(), "big"), answer=big, query="q", embedding=None, tags={**tags(), "tenant": "a"}, ttl_s=600)
+    raw = await s.redis.hget(s.key(s.entry_id(tags(), "big")), "answer")
     assert raw[:1] == b"z" and len(raw) < len(str(big)) // 5
-    got = await s.get("big")
+    got = await s.get(s.entry_id(tags(), "big"))
     assert got is not None and got.answer == big
 
 
@@ -162,7 +158,7 @@ async def test_entry_without_embedding_is_exact_only(make_store) -> None:
     s = make_store()
     await s.ensure_index()
     await put(s, "noemb", None, tags())
-    assert (await s.get("noemb")) is not None
+    assert (await s.get(s.entry_id(tags(), "noemb"))) is not None
     assert await s.knn(E1, tags(), 5) == []
 
 
@@ -170,19 +166,19 @@ async def test_ttl_is_set(make_store) -> None:
     s = make_store()
     await s.ensure_index()
     await put(s, "k", E1, tags(), ttl_s=321)
-    ttl = await s.redis.ttl(s.key("k"))
+    ttl = await s.redis.ttl(s.key(s.entry_id(tags(), "k")))
     assert 300 <= ttl <= 321
     await put(s, "k", E1, tags(), ttl_s=50)  # a rewrite resets the TTL
-    assert 40 <= await s.redis.ttl(s.key("k")) <= 50
+    assert 40 <= await s.redis.ttl(s.key(s.entry_id(tags(), "k"))) <= 50
 
 
 async def test_expired_entry_is_gone(make_store) -> None:
     s = make_store()
     await s.ensure_index()
     await put(s, "k", E1, tags(), ttl_s=1)
-    await s.redis.pexpire(s.key("k"), 50)
+    await s.redis.pexpire(s.key(s.entry_id(tags(), "k")), 50)
     time.sleep(0.15)
-    assert await s.get("k") is None
+    assert await s.get(s.entry_id(tags(), "k")) is None
     assert await s.knn(E1, tags(), 5) == []
 
 
@@ -195,10 +191,10 @@ async def test_knn_orders_best_first_with_similarity(make_store) -> None:
     for name, c in [("c99", 0.99), ("c80", 0.80), ("c50", 0.50), ("c95", 0.95)]:
         await put(s, name, at_cos(c), tags())
     hits = await s.knn(E1, tags(), 3)
-    assert [h.entry_id for h in hits] == ["c99", "c95", "c80"]
+    assert [h.entry_id.split(":", 1)[1] for h in hits] == ["c99", "c95", "c80"]
     for h, c in zip(hits, (0.99, 0.95, 0.80), strict=True):
         assert h.similarity == pytest.approx(c, abs=1e-4)
-        assert h.query == f"q {h.entry_id}" and h.created > 0
+        assert h.query == "q " + h.entry_id.split(":", 1)[1] and h.created > 0
 
 
 @pytest.mark.parametrize("tag", SCOPE_TAGS)
@@ -208,9 +204,9 @@ async def test_knn_needs_every_scoping_tag_equal(make_store, tag: str) -> None:
     await put(s, "mine", at_cos(0.9), tags())
     await put(s, "other", E1, tags(**{tag: "different"}))  # closer, but in another scope
     hits = await s.knn(E1, tags(), 5)
-    assert [h.entry_id for h in hits] == ["mine"]
+    assert [h.entry_id.split(":", 1)[1] for h in hits] == ["mine"]
     hits = await s.knn(E1, tags(**{tag: "different"}), 5)
-    assert [h.entry_id for h in hits] == ["other"]
+    assert [h.entry_id.split(":", 1)[1] for h in hits] == ["other"]
 
 
 async def test_knn_only_entries_matching_all_tags_among_many(make_store) -> None:
@@ -220,7 +216,7 @@ async def test_knn_only_entries_matching_all_tags_among_many(make_store) -> None
     for i, tg in enumerate(variants):
         await put(s, f"e{i}", at_cos(0.9 + i * 0.001), tg)
     hits = await s.knn(E1, tags(), 50)
-    assert [h.entry_id for h in hits] == ["e0"]
+    assert [h.entry_id.split(":", 1)[1] for h in hits] == ["e0"]
 
 
 SPECIAL = [
@@ -251,13 +247,13 @@ async def test_tag_value_matches_exactly_itself(make_store, value: str) -> None:
     for i, n in enumerate(others):
         await put(s, f"n{i}", E1, _all_tags(n))
     hits = await s.knn(E1, _all_tags(value), 50)
-    assert [h.entry_id for h in hits] == ["target"]
+    assert [h.entry_id.split(":", 1)[1] for h in hits] == ["target"]
     for n in others:
-        assert "target" not in {h.entry_id for h in await s.knn(E1, _all_tags(n), 50)}, n
+        assert "target" not in {h.entry_id.split(":", 1)[1] for h in await s.knn(E1, _all_tags(n), 50)}, n
     assert await s.count(scope_filter({"tenant": value})) == 1
     for n in others:
         assert await s.purge(scope_filter({"tenant": n})) == 1, n
-    assert await s.get("target") is not None
+    assert await s.get(s.entry_id(_all_tags(value), "target")) is not None
 
 
 @pytest.mark.parametrize("injection", ["a|b", "*", "a*", "a b", "a}|{b", "a} @model:{m", "a\\|b"])
@@ -267,7 +263,7 @@ async def test_injected_scope_does_not_reach_other_tenants(make_store, injection
     for who in ("a", "b", "ab", "a b"):
         await put(s, who, E1, tags(scope=who))
     hits = await s.knn(E1, tags(scope=injection), 10)
-    assert {h.entry_id for h in hits} <= {injection}
+    assert {h.entry_id.split(":", 1)[1] for h in hits} <= {injection}
     assert await s.count(scope_filter(tags(scope=injection))) == (1 if injection == "a b" else 0)
 
 
@@ -276,7 +272,8 @@ async def test_empty_tag_value_does_not_widen(make_store) -> None:
     await s.ensure_index()
     await put(s, "a", E1, tags(scope="a"))
     await put(s, "b", E1, tags(scope="b"))
-    assert await s.knn(E1, tags(scope=""), 10) == []
+    with pytest.raises(ValueError):  # refused, never a wildcard
+        await s.knn(E1, tags(scope=""), 10)
 
 
 # -- purge -----------------------------------------------------------------------------------
@@ -293,9 +290,9 @@ async def test_purge_by_tags(make_store) -> None:
     assert await s.purge(scope_filter({"tenant": "alice", "namespace": "default"})) == 3
     assert await s.count() == 4
     for i in range(3):
-        assert await s.get(f"a{i}") is None
-        assert await s.get(f"b{i}") is not None
-    assert await s.get("a-other-ns") is not None
+        assert await s.get(s.entry_id(tags(scope="a"), f"a{i}")) is None
+        assert await s.get(s.entry_id(tags(scope="b"), f"b{i}")) is not None
+    assert await s.get(s.entry_id(tags(scope="a", namespace="faq"), "a-other-ns")) is not None
     assert await s.purge(scope_filter({"tenant": "nobody"})) == 0
     assert await s.count() == 4
 
@@ -309,7 +306,7 @@ async def test_purge_everything_in_this_index_only(make_store) -> None:
     await put(other, "keep", E1, tags())
     assert await s.purge(None) == 5
     assert await s.count() == 0
-    assert await other.get("keep") is not None
+    assert await other.get(other.entry_id(tags(), "keep")) is not None
 
 
 async def test_purge_by_vector_and_threshold(make_store) -> None:
@@ -320,14 +317,30 @@ async def test_purge_by_vector_and_threshold(make_store) -> None:
     await put(s, "bob99", at_cos(0.99), tags(scope="b"), tenant="bob")
     n = await s.purge(scope_filter({"tenant": "alice"}), vector=E1, threshold=0.95)
     assert n == 2
-    assert await s.get("c99") is None and await s.get("c96") is None
-    assert await s.get("c90") is not None and await s.get("c50") is not None
-    assert await s.get("bob99") is not None
+    assert await s.get(s.entry_id(tags(), "c99")) is None and await s.get(s.entry_id(tags(), "c96")) is None
+    assert await s.get(s.entry_id(tags(), "c90")) is not None and await s.get(s.entry_id(tags(), "c50")) is not None
+    assert await s.get(s.entry_id(tags(scope="b"), "bob99")) is not None
     n = await s.purge(None, vector=E1, threshold=0.85)
     assert n == 2
-    assert await s.get("bob99") is None and await s.get("c90") is None and await s.get("c50") is not None
+    assert await s.get(s.entry_id(tags(scope="b"), "bob99")) is None and await s.get(s.entry_id(tags(), "c90")) is None and await s.get(s.entry_id(tags(), "c50")) is not None
 
 
 async def test_ping(make_store) -> None:
     s = make_store()
     assert await s.ping() is True
+
+
+async def test_partitions_by_scope_and_purge_reaches_exact_only_entries(make_store) -> None:
+    s = make_store()
+    await put(s, "sem", E1, tags(scope="a"), tenant="alice")
+    await put(s, "exact-only", None, tags(scope="a", namespace="tools"), tenant="alice")
+    await put(s, "other", E1, tags(scope="b"), tenant="bob")
+    assert len(await s.partitions()) == 3  # (scope, namespace, model, version) each get an index
+    assert await s.purge(scope_filter({"tenant": "alice"})) == 2
+    assert await s.get(s.entry_id(tags(scope="a", namespace="tools"), "exact-only")) is None
+    assert await s.get(s.entry_id(tags(scope="b"), "other")) is not None
+
+
+async def test_knn_in_a_partition_never_created_is_empty(make_store) -> None:
+    s = make_store()
+    assert await s.knn(E1, tags(scope="nobody-yet"), 5) == []

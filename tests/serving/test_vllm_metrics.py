@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import AsyncIterator
 
 import httpx
@@ -15,7 +14,6 @@ from serving.config import RoutingConfig, UpstreamConfig
 from serving.router import Router
 from serving.vllm_metrics import SAMPLES, VllmMetrics, VllmSnapshot, parse_vllm_metrics, snapshot_from_text
 
-VLLM_URL = os.environ.get("CACHESTACK_TEST_VLLM_URL", "http://127.0.0.1:8100").rstrip("/")
 
 # Shaped like vLLM's output: two engines (data parallel), plus names we must ignore.
 SYNTHETIC = """\
@@ -189,18 +187,15 @@ async def test_router_scrapes_in_background_and_balances_on_vllm_queue(fake_vllm
 # -- against the real vLLM CPU server -----------------------------------------------------------
 
 
-def _vllm_metrics_text() -> str:
-    try:
-        resp = httpx.get(f"{VLLM_URL}/metrics", timeout=5.0, trust_env=False)
-        resp.raise_for_status()
-    except httpx.HTTPError as exc:
-        pytest.skip(f"no vLLM server at {VLLM_URL} ({type(exc).__name__}); set CACHESTACK_TEST_VLLM_URL")
+def _vllm_metrics_text(url: str) -> str:
+    resp = httpx.get(f"{url}/metrics", timeout=5.0, trust_env=False)
+    resp.raise_for_status()
     return resp.text
 
 
 @pytest.mark.e2e
-def test_real_vllm_exports_every_metric_we_read() -> None:
-    text = _vllm_metrics_text()
+def test_real_vllm_exports_every_metric_we_read(vllm_url: str) -> None:
+    text = _vllm_metrics_text(vllm_url)
     got = parse_vllm_metrics(text)
     assert set(got) == set(SAMPLES.values()), f"missing: {set(SAMPLES.values()) - set(got)}"
     assert 0.0 <= got["kv_cache_usage"] <= 1.0
@@ -211,29 +206,28 @@ def test_real_vllm_exports_every_metric_we_read() -> None:
 
 
 @pytest.mark.e2e
-async def test_real_vllm_prefix_cache_counters_move() -> None:
+async def test_real_vllm_prefix_cache_counters_move(vllm_url: str) -> None:
     """Two requests with the same long prompt: the second's prompt tokens come from the cache, and
     the re-exported counters show it."""
-    _vllm_metrics_text()
     metrics = VllmMetrics(5.0)
-    metrics.set_targets([VLLM_URL])
+    metrics.set_targets([vllm_url])
     try:
-        before = await metrics.scrape(VLLM_URL)
+        before = await metrics.scrape(vllm_url)
         assert before is not None and before.prefix_cache_hits is not None
         prompt = "cachestack prefix cache probe. " + " ".join(f"item {i} is {i * 7 % 13}." for i in range(120))
-        async with httpx.AsyncClient(base_url=VLLM_URL, timeout=120.0, trust_env=False) as client:
+        async with httpx.AsyncClient(base_url=vllm_url, timeout=120.0, trust_env=False) as client:
             models = (await client.get("/v1/models")).json()
             model = models["data"][0]["id"]
             for _ in range(2):
                 resp = await client.post("/v1/completions", json={"model": model, "prompt": prompt, "max_tokens": 1})
                 resp.raise_for_status()
-        after = await metrics.scrape(VLLM_URL)
+        after = await metrics.scrape(vllm_url)
         assert after is not None
         assert after.prefix_cache_queries > before.prefix_cache_queries  # type: ignore[operator]
         assert after.prefix_cache_hits - before.prefix_cache_hits >= 128  # type: ignore[operator]  # >= one CPU block
         assert after.ttft_count >= before.ttft_count + 2  # type: ignore[operator]
         registry = CollectorRegistry()
         metrics.register(registry)
-        assert registry.get_sample_value("cachestack_vllm_prefix_cache_hits_total", {"replica": VLLM_URL}) == after.prefix_cache_hits
+        assert registry.get_sample_value("cachestack_vllm_prefix_cache_hits_total", {"replica": vllm_url}) == after.prefix_cache_hits
     finally:
         await metrics.aclose()
