@@ -262,7 +262,8 @@ class CacheService:
                       fresh: Callable[[], Awaitable[dict[str, Any] | None]], agree_threshold: float) -> None:
         try:
             answer = await fresh()
-        except Exception:  # a failed shadow call says nothing about the cache
+        except Exception as exc:  # a failed shadow call says nothing about the cache
+            log.info("shadow check skipped: %s", type(exc).__name__)
             return
         if answer is None:
             return
