@@ -7,6 +7,9 @@ qqp_split.py: sha256(text_a) % 10 in 0..5) plus synthetic near-misses made from 
 ("check") are only ever used to report. Texts go through cache.keys.normalise_query, exactly as serving.
 
     OMP_NUM_THREADS=1 python -m training.train_verifier --out /tmp/verifier-hf --minutes 38
+    # on a busy machine, a second run continues the first (fresh shuffle and synthetic pairs):
+    OMP_NUM_THREADS=1 python -m training.train_verifier --init /tmp/verifier-hf --out /tmp/verifier-hf2 \
+        --minutes 32 --lr 2e-5 --seed 14
     python -m training.export_verifier --hf /tmp/verifier-hf --out cache/models/verifier
 
 One thread, about 40 pairs/s on this CPU: 1.5 epochs take ~35 minutes.
@@ -49,6 +52,7 @@ def main() -> None:
     ap.add_argument("--synthetic-neg", type=int, default=6000)
     ap.add_argument("--synthetic-pos", type=int, default=2500)
     ap.add_argument("--seed", type=int, default=13)
+    ap.add_argument("--init", help="continue from this directory (a previous run's --out) instead of MiniLM")
     args = ap.parse_args()
 
     torch.set_num_threads(1)
@@ -62,7 +66,7 @@ def main() -> None:
     data = [(normalise_query(a), normalise_query(b), float(y)) for a, b, y in rows]
     print(f"{len(data)} training pairs ({sum(d[2] for d in data):.0f} positive)", flush=True)
 
-    path = base_model_path()
+    path = args.init or base_model_path()
     tok = AutoTokenizer.from_pretrained(path)
     model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
     model.train()
