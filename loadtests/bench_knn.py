@@ -63,7 +63,7 @@ async def drop_all(store: Any) -> None:
         await store._index(pid).delete(drop=True)
 
 
-async def bench(redis_url: str, n: int, tenants: int, queries: int) -> dict[str, Any]:
+async def bench(redis_url: str, n: int, tenants: int, queries: int, with_baseline: bool) -> dict[str, Any]:
     from redisvl.query import VectorQuery
 
     from cache.config import RedisConfig
@@ -79,8 +79,8 @@ async def bench(redis_url: str, n: int, tenants: int, queries: int) -> dict[str,
     qv = rng.standard_normal((queries, DIM)).astype(np.float32)
     qv /= np.linalg.norm(qv, axis=1, keepdims=True)
     out: dict[str, Any] = {"entries": n, "load_s": load_s, "memory_gib": mem / 2**30}
-    cases = {
-        "unfiltered": None,
+    cases: dict[str, Any] = {
+        "unfiltered (one global index)": None,
         "scoped, single-turn fingerprint": lambda i: tags_for(0, tenants, np.random.default_rng(0)) | {
             "scope": f"tenant-{i % tenants}", "fingerprint": f"fp-tenant-{i % tenants}-single"},
         "scoped, conversation fingerprint": lambda i: {
@@ -92,9 +92,12 @@ async def bench(redis_url: str, n: int, tenants: int, queries: int) -> dict[str,
 
     from cache.store import schema_for
     baseline = AsyncSearchIndex(schema_for(f"knn{n}-global", store.key_prefix, DIM, store.cfg), redis_client=store.redis)
-    await baseline.create(overwrite=True)
-    while int((await baseline.info()).get("num_docs", 0)) < n:
-        await asyncio.sleep(1)
+    if with_baseline:
+        await baseline.create(overwrite=True)
+        while int((await baseline.info()).get("num_docs", 0)) < n:
+            await asyncio.sleep(1)
+    else:
+        del cases["unfiltered (one global index)"]
     for name, tag_fn in cases.items():
         lat = []
         for i in range(queries):
@@ -106,7 +109,8 @@ async def bench(redis_url: str, n: int, tenants: int, queries: int) -> dict[str,
                 await store.knn(qv[i], tag_fn(i), 3)
             lat.append(time.perf_counter() - t)
         out[name] = summary(f"  KNN-3 {name}", lat)
-    await baseline.delete(drop=False)
+    if with_baseline:
+        await baseline.delete(drop=False)
     await drop_all(store)
     await store.aclose()
     return out
@@ -118,6 +122,8 @@ def main() -> int:
     p.add_argument("--tenants", type=int, default=20)
     p.add_argument("--queries", type=int, default=500)
     p.add_argument("--redis")
+    p.add_argument("--no-baseline", action="store_true",
+                   help="skip the global unfiltered index (it doubles the load time)")
     p.add_argument("--json")
     args = p.parse_args()
     from serving.config import LocalStackConfig
@@ -129,7 +135,7 @@ def main() -> int:
         redis = args.redis or stack.enter_context(start_stack(
             LocalStackConfig(data_dir=str(REPO / ".cachestack")), vllm=False, redis_port=free_port())).redis_url
         for n in (int(s) for s in args.sizes.split(",")):
-            results.append(asyncio.run(bench(redis, n, args.tenants, args.queries)))
+            results.append(asyncio.run(bench(redis, n, args.tenants, args.queries, not args.no_baseline)))
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(results, fh, indent=2)

@@ -7,7 +7,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fastapi import FastAPI
 from redis.exceptions import RedisError
@@ -46,6 +46,7 @@ class Gateway:
     cache: CacheService | None
     singleflight: SingleFlight
     hygiene: PrefixHygiene | None
+    in_flight: dict[str, int] = field(default_factory=dict)  # per tenant, for max_in_flight_per_tenant
 
 
 def build_rule(settings: Settings) -> DecisionRule:

@@ -25,6 +25,8 @@ class ServerConfig(Strict):
     port: int = Field(8080, ge=1, le=65535)
     max_body_bytes: int = Field(1_048_576, ge=1024, description="larger request bodies get 413")
     log_prompts: bool = Field(False, description="never log prompt or answer text unless set")
+    max_in_flight_per_tenant: int | None = Field(
+        None, ge=1, description="more concurrent generation requests from one tenant get 429")
     access_log: bool = False
 
 

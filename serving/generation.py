@@ -64,9 +64,37 @@ def cache_headers(result: str, hit: CacheHit | None = None) -> dict[str, str]:
 
 async def handle(request: Request, kind: str) -> Response:
     gw: Gateway = request.app.state.gw
+    tenant = gw.auth.tenant(request.headers.get("authorization"))
+    limit = gw.cfg.server.max_in_flight_per_tenant
+    if limit is None:
+        return await _handle(request, gw, kind, tenant)
+    if gw.in_flight.get(tenant, 0) >= limit:
+        raise OpenAIError(429, f"more than {limit} concurrent requests for this API key", "rate_limit_error",
+                          code="rate_limit_exceeded", headers={"retry-after": "1"})
+    gw.in_flight[tenant] = gw.in_flight.get(tenant, 0) + 1
+    try:
+        response = await _handle(request, gw, kind, tenant)
+    except BaseException:
+        gw.in_flight[tenant] -= 1
+        raise
+    if isinstance(response, StreamingResponse):  # the stream holds its slot until it ends or is left
+        response.body_iterator = _holding_slot(response.body_iterator, gw, tenant)
+    else:
+        gw.in_flight[tenant] -= 1
+    return response
+
+
+async def _holding_slot(chunks: AsyncIterator[Any], gw: Gateway, tenant: str) -> AsyncIterator[Any]:
+    try:
+        async for chunk in chunks:
+            yield chunk
+    finally:
+        gw.in_flight[tenant] -= 1
+
+
+async def _handle(request: Request, gw: Gateway, kind: str, tenant: str) -> Response:
     path, model_cls = KINDS[kind]
     started = time.perf_counter()
-    tenant = gw.auth.tenant(request.headers.get("authorization"))
     raw = await read_body(request, gw.cfg.server.max_body_bytes)
     body, parsed = parse_request(raw, model_cls)
     await gw.catalog.check(parsed.model)

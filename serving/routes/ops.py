@@ -17,7 +17,7 @@ async def ready(request: Request) -> Response:
     gw = request.app.state.gw
     await gw.catalog.refresh()
     upstreams = {url: ("up" if ok else "down") for url, ok in gw.catalog.reachable.items()}
-    body: dict[str, object] = {"upstreams": upstreams}
+    body: dict[str, object] = {"upstreams": upstreams, "replicas": gw.router.status()}
     if gw.cache is None:
         body["cache"] = "disabled"
     else:

@@ -168,3 +168,18 @@ def test_tenant_keys_401_and_admin_403(gateway_factory, vllm_url):
     assert out.choices
     r = httpx.get(gw.url + "/admin/cache/stats", headers={"authorization": f"Bearer {key}"})
     assert_openai_error(r, 403)
+
+
+def test_concurrency_limit_per_tenant_is_429_with_retry_after(gateway_factory, vllm_url):
+    gw = gateway_factory(vllm_url, None, server={"max_in_flight_per_tenant": 1})
+    body = {"model": MODEL, "stream": True, "max_tokens": 2000, "ignore_eos": True, "temperature": 0,
+            "messages": [{"role": "user", "content": "Tell me a long story."}]}
+    with httpx.Client(timeout=60) as http, http.stream("POST", gw.url + "/v1/chat/completions", json=body) as r:
+        chunks = r.iter_bytes()  # keep the iterator: dropping it would close the stream
+        next(chunks)  # the first stream holds the tenant's one slot (for ~20 s of tokens)
+        second = httpx.post(gw.url + "/v1/chat/completions", json={**body, "stream": False, "max_tokens": 5})
+        err = assert_openai_error(second, 429)
+        assert err["code"] == "rate_limit_exceeded" and second.headers["retry-after"] == "1"
+    time.sleep(0.5)  # the abandoned stream gave its slot back
+    ok = httpx.post(gw.url + "/v1/chat/completions", json={**body, "stream": False, "max_tokens": 5}, timeout=60)
+    assert ok.status_code == 200
