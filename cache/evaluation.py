@@ -251,7 +251,7 @@ def best_at_precision(ps: PairScores, target: float, floors: Sequence[float] | N
             base = ps.passed & (ps.cosine >= t) & ~exact
             cand = _best_cut(ps.score[base], ps.label[base], int((exact & (ps.label == 1)).sum()),
                              int((exact & (ps.label == 0)).sum()), pos, neg, target)
-            if cand and (best is None or (cand[1], cand[3]) > (best.true_hits, -best.false_hits)):
+            if cand and (best is None or (cand[1], -cand[3]) > (best.true_hits, -best.false_hits)):
                 v, tp, n, fp = cand
                 best = Point(float(t), v, n, tp, fp, pos, neg)
     else:

@@ -27,22 +27,36 @@ PAIRS = [
 
 
 @pytest.fixture()
+def shipped_cfg(tmp_path: Path) -> Path:
+    """A gateway config with the shipped decision defaults (floor + guards + verifier)."""
+    from cache.decision import shipped_defaults
+
+    d = shipped_defaults()
+    cfg = tmp_path / "shipped.yaml"
+    cfg.write_text(yaml.safe_dump({"cache": {"decision": {"threshold": d.threshold, "verifier": "default",
+                                                          "guards": True}}}))
+    return cfg
+
+
+@pytest.fixture()
 def pairs_file(tmp_path: Path) -> Path:
     p = tmp_path / "pairs.jsonl"
     p.write_text("".join(json.dumps({"q1": a, "q2": b, "dup": y}) + "\n" for a, b, y in PAIRS))
     return p
 
 
-def test_eval_writes_summary_and_plot(pairs_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_eval_writes_summary_and_plot(pairs_file: Path, shipped_cfg: Path, tmp_path: Path,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
     out, png = tmp_path / "s.json", tmp_path / "p.png"
     rc = main(["eval", "--pairs", str(pairs_file), "--a", "q1", "--b", "q2", "--label", "dup",
-               "--json", str(out), "--plot", str(png)])
+               "--config", str(shipped_cfg), "--json", str(out), "--plot", str(png)])
     assert rc == 0
     s = json.loads(out.read_text())
     for key in ("precision", "recall", "false_hit_rate", "hits", "pairs", "recall_at_precision_0.95",
                 "recall_at_precision_0.99"):
         assert key in s
     assert s["pairs"] == len(PAIRS)
+    assert s["verifier"] == "default" and s["verifier_threshold"] is not None
     assert s["false_hits"] == 0 and s["false_hit_rate"] == 0.0  # none of the near-misses is served
     assert s["hits"] >= 3
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -70,8 +84,9 @@ def test_gptcache_array_is_all_positive(tmp_path: Path) -> None:
     assert s["positives"] == s["pairs"] == 5 and s["negatives"] == 0
 
 
-def test_calibrate_prints_a_namespace_snippet(pairs_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    rc = main(["calibrate", "--pairs", str(pairs_file), "--a", "q1", "--b", "q2", "--label", "dup",
+def test_calibrate_prints_a_namespace_snippet(pairs_file: Path, shipped_cfg: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(["calibrate", "--pairs", str(pairs_file), "--a", "q1", "--b", "q2", "--label", "dup", "--config", str(shipped_cfg),
                "--target-precision", "0.95", "--namespace", "default"])
     assert rc == 0
     snippet = yaml.safe_load(capsys.readouterr().out)
