@@ -97,9 +97,6 @@ class CompletionRequest(SamplingFields):
     logprobs: StrictInt | None = Field(None, ge=0, le=20)
 
 
-RequestModel = ChatCompletionRequest | CompletionRequest
-
-
 def parse_request(raw: bytes, model: type[SamplingFields]) -> tuple[dict[str, Any], SamplingFields]:
     """Decode and validate a request body; a 400 that names the offending field otherwise.
 

@@ -6,7 +6,7 @@ import json
 
 import helm_python as helm
 import pytest
-from chart_helpers import CHART, container, find, one, render, render_profile, vllm_deployments
+from chart_helpers import CHART, find, one, render, render_profile, vllm_deployments
 
 pytestmark = pytest.mark.helm
 

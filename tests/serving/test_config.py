@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from serving.config import ConfigError, Settings, load_config
 
@@ -181,7 +182,7 @@ def test_directory_is_config_error(tmp_path: Path) -> None:
 
 def test_settings_are_frozen() -> None:
     s = load_config(None)
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         s.server.port = 1  # type: ignore[misc]
 
 
