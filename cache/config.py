@@ -26,6 +26,10 @@ class RedisConfig(Strict):
     hnsw_m: int = Field(16, ge=4, le=128)
     hnsw_ef_construction: int = Field(200, ge=10)
     hnsw_ef_runtime: int = Field(64, ge=10)
+    knn_hybrid_policy: Literal["BATCHES", "none"] = Field(
+        "BATCHES",
+        description="hint for first-turn lookups, whose fingerprint holds most of a partition; conversation "
+                    "lookups (tiny subsets) keep the engine's choice; servers without the hint ignore it")
 
 
 class EmbedderConfig(Strict):

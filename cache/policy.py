@@ -71,6 +71,7 @@ class CachePlan:
     model: str
     fingerprint: str
     query: str  # normalised last user turn (or the whole prompt); "" when there is none
+    head: bool  # no earlier assistant turn: this fingerprint gathers many entries (store: KNN strategy)
     exact_key: str
     lookup: bool
     store: bool
@@ -103,8 +104,10 @@ def make_plan(
 
     semantic = True
     reason = ""
+    head = True
     if kind == "chat":
         messages = list(body.get("messages") or [])
+        head = not any(m.get("role") == "assistant" for m in messages[:-1])
         last = messages[-1] if messages else {}
         last_text = message_text(last.get("content")) if last.get("role") == "user" else None
         if last_text is None:
@@ -148,6 +151,6 @@ def make_plan(
     key = exact_key(fp, query)
     return CachePlan(
         tenant=tenant, scope=scope, namespace=ns_name, settings=ns, model=model, fingerprint=fp,
-        query=query, exact_key=key, lookup=lookup, store=store, semantic=semantic and (lookup or store),
+        query=query, head=head, exact_key=key, lookup=lookup, store=store, semantic=semantic and (lookup or store),
         max_age=cc.max_age, reason=reason,
     )

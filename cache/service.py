@@ -159,7 +159,8 @@ class CacheService:
         try:
             async with asyncio.timeout(remaining):
                 t = time.perf_counter()
-                neighbours = await self.store.knn(vector, self._tags(plan), self.cfg.decision.top_k)
+                neighbours = await self.store.knn(vector, self._tags(plan), self.cfg.decision.top_k,
+                                                  large=plan.head)
                 metrics.STAGE_SECONDS.labels("knn").observe(time.perf_counter() - t)
                 neighbours = [n for n in neighbours if self._fresh(n.created, plan)]
                 if not neighbours:

@@ -103,6 +103,7 @@ class CacheStore:
         self.key_prefix = f"{cfg.index_prefix}:e{dim}:"
         self._indexes: dict[str, AsyncSearchIndex] = {}
         self._created: set[str] = set()
+        self.hybrid_hint = cfg.knn_hybrid_policy != "none"  # off once a server rejects it (valkey-search)
 
     # -- partitions --------------------------------------------------------------------------
     @staticmethod
@@ -175,15 +176,24 @@ class CacheStore:
             pipe.expire(key, ttl_s)
             await pipe.execute()
 
-    async def knn(self, vector: np.ndarray, tags: dict[str, str], k: int) -> list[Neighbour]:
-        """The k nearest entries sharing every scoping tag, best first."""
+    async def knn(self, vector: np.ndarray, tags: dict[str, str], k: int, *, large: bool = False,
+                  hybrid_policy: str | None = None) -> list[Neighbour]:
+        """The k nearest entries sharing every scoping tag, best first.
+
+        ``large``: the fingerprint is expected to hold most of its partition (a first-turn lookup).
+        Then the engine is told to walk the HNSW graph in batches (HYBRID_POLICY BATCHES) instead of
+        brute-forcing the filtered set: at 100k entries 1.1 ms p50 instead of 2.3 ms. For a tiny set
+        (a conversation) its own choice is right: 0.33 ms, against 4.0 ms with the hint.
+        """
+        if hybrid_policy is None and large and self.hybrid_hint:
+            hybrid_policy = self.cfg.knn_hybrid_policy
         pid = self.partition_of(tags)
         if not tags.get("fingerprint"):
             raise ValueError("knn needs the fingerprint tag")
         query = VectorQuery(
             vector=np.asarray(vector, dtype=np.float32).tobytes(), vector_field_name="embedding",
             return_fields=["query", "created"], filter_expression=scope_filter({"fingerprint": tags["fingerprint"]}),
-            num_results=k,
+            num_results=k, hybrid_policy=hybrid_policy,
         )
         try:
             rows = await self._index(pid).query(query)
@@ -191,6 +201,9 @@ class CacheStore:
             if _missing_index(exc):  # nothing stored in this partition yet (or Redis restarted)
                 self._created.discard(pid)
                 return []
+            if hybrid_policy and "hybrid" in str(exc).lower():  # the server has no such hint
+                self.hybrid_hint = False
+                return await self.knn(vector, tags, k)
             raise
         prefix = self.key_prefix
         return [Neighbour(

@@ -81,9 +81,12 @@ async def bench(redis_url: str, n: int, tenants: int, queries: int, with_baselin
     out: dict[str, Any] = {"entries": n, "load_s": load_s, "memory_gib": mem / 2**30}
     cases: dict[str, Any] = {
         "unfiltered (one global index)": None,
-        "scoped, single-turn fingerprint": lambda i: tags_for(0, tenants, np.random.default_rng(0)) | {
+        "scoped, single-turn, engine's choice": lambda i: tags_for(0, tenants, np.random.default_rng(0)) | {
             "scope": f"tenant-{i % tenants}", "fingerprint": f"fp-tenant-{i % tenants}-single"},
-        "scoped, conversation fingerprint": lambda i: {
+        "scoped, single-turn, BATCHES hint (shipped)": (True, lambda i: {
+            "scope": f"tenant-{i % tenants}", "fingerprint": f"fp-tenant-{i % tenants}-single",
+            "model": "smollm2", "version": "1", "namespace": "default"}),
+        "scoped, conversation, engine's choice (shipped)": lambda i: {
             "scope": f"tenant-{i % tenants}", "fingerprint": f"fp-tenant-{i % tenants}-conv-{i % 1000}",
             "model": "smollm2", "version": "1", "namespace": "default"},
     }
@@ -105,6 +108,8 @@ async def bench(redis_url: str, n: int, tenants: int, queries: int, with_baselin
             if tag_fn is None:
                 await baseline.query(VectorQuery(vector=qv[i].tobytes(), vector_field_name="embedding",
                                                  return_fields=["query", "created"], num_results=3))
+            elif isinstance(tag_fn, tuple):
+                await store.knn(qv[i], tag_fn[1](i), 3, large=tag_fn[0])
             else:
                 await store.knn(qv[i], tag_fn(i), 3)
             lat.append(time.perf_counter() - t)

@@ -344,3 +344,14 @@ async def test_partitions_by_scope_and_purge_reaches_exact_only_entries(make_sto
 async def test_knn_in_a_partition_never_created_is_empty(make_store) -> None:
     s = make_store()
     assert await s.knn(E1, tags(scope="nobody-yet"), 5) == []
+
+
+async def test_knn_with_the_batches_hint_finds_the_same_neighbours(make_store) -> None:
+    s = make_store()
+    for name, c in [("c99", 0.99), ("c95", 0.95), ("c80", 0.80)]:
+        await put(s, name, at_cos(c), tags())
+    await put(s, "other-fp", E1, tags(fingerprint="g" * 32))
+    plain = [h.entry_id for h in await s.knn(E1, tags(), 3)]
+    hinted = [h.entry_id for h in await s.knn(E1, tags(), 3, large=True)]
+    assert plain == hinted and len(plain) == 3
+    assert s.hybrid_hint  # RediSearch accepts HYBRID_POLICY
