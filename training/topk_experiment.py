@@ -27,8 +27,11 @@ def main() -> None:
     ap.add_argument("--qqp", default=DEFAULT_QQP)
     ap.add_argument("--k", type=int, nargs="+", default=[1, 3, 5])
     ap.add_argument("--latency-lookups", type=int, default=300)
+    ap.add_argument("--limit", type=int, help="only the first N check pairs (a smaller cache)")
     args = ap.parse_args()
     rows = [(normalise_query(a), normalise_query(b), y) for a, b, y in read_pairs(args.qqp, "check")]
+    if args.limit:
+        rows = rows[: args.limit]
     cached = sorted({a for a, _, _ in rows})
     pos = {(a, b) for a, b, y in rows if y == 1}
     asked = [(b, a, y) for a, b, y in rows]
