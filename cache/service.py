@@ -13,7 +13,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import orjson
@@ -30,6 +30,7 @@ from cache.keys import normalise_query
 from cache.store import CacheStore, Entry, Neighbour, scope_filter
 
 log = logging.getLogger("cachestack.cache")
+T = TypeVar("T")
 STORE_ERRORS = (RedisError, RedisVLError, OSError, asyncio.TimeoutError, ValueError)
 
 
@@ -126,6 +127,15 @@ class CacheService:
     def _fresh(self, created: float, plan: CachePlan) -> bool:
         return plan.max_age is None or time.time() - created <= plan.max_age
 
+    async def _redis(self, call: Awaitable[T], stage: str) -> T:
+        """One store round trip within the budget. Local CPU work (embedding, the decision rule) runs
+        outside it, so a busy gateway is never mistaken for a slow Redis."""
+        t = time.perf_counter()
+        async with asyncio.timeout(self.budget_s):
+            result = await call
+        metrics.STAGE_SECONDS.labels(stage).observe(time.perf_counter() - t)
+        return result
+
     async def _lookup(self, plan: CachePlan) -> Lookup:
         hot = self.l1.get(plan.exact_key)
         if hot is not None and self._fresh(hot.created, plan):
@@ -135,12 +145,8 @@ class CacheService:
             return Lookup()
         if self._recheck and not await self.check():
             return Lookup()
-        deadline = time.monotonic() + self.budget_s
         try:
-            t = time.perf_counter()
-            async with asyncio.timeout(self.budget_s):
-                entry = await self.store.get(self.store.entry_id(self._tags(plan), plan.exact_key))
-            metrics.STAGE_SECONDS.labels("exact").observe(time.perf_counter() - t)
+            entry = await self._redis(self.store.get(self.store.entry_id(self._tags(plan), plan.exact_key)), "exact")
         except STORE_ERRORS as exc:
             self._failed(exc, "lookup")
             return Lookup()
@@ -155,24 +161,24 @@ class CacheService:
         vector = await self.embedder.embed(plan.query)
         metrics.STAGE_SECONDS.labels("embed").observe(time.perf_counter() - t)
         found = Lookup(embedding=vector)
-        remaining = max(0.001, deadline - time.monotonic()) + self.budget_s / 2  # embed time is not Redis's
         try:
-            async with asyncio.timeout(remaining):
-                t = time.perf_counter()
-                neighbours = await self.store.knn(vector, self._tags(plan), self.cfg.decision.top_k,
-                                                  large=plan.head)
-                metrics.STAGE_SECONDS.labels("knn").observe(time.perf_counter() - t)
-                neighbours = [n for n in neighbours if self._fresh(n.created, plan)]
-                if not neighbours:
-                    return found
-                metrics.SIMILARITY.labels(plan.namespace).observe(neighbours[0].similarity)
-                t = time.perf_counter()
-                decision = await self._decide(plan, neighbours)
-                metrics.STAGE_SECONDS.labels("decision").observe(time.perf_counter() - t)
-                if decision is None:
-                    return found
-                chosen, score = decision
-                entry = await self.store.get(chosen.entry_id)
+            neighbours = await self._redis(
+                self.store.knn(vector, self._tags(plan), self.cfg.decision.top_k, large=plan.head), "knn")
+        except STORE_ERRORS as exc:
+            self._failed(exc, "lookup")
+            return found
+        neighbours = [n for n in neighbours if self._fresh(n.created, plan)]
+        if not neighbours:
+            return found
+        metrics.SIMILARITY.labels(plan.namespace).observe(neighbours[0].similarity)
+        t = time.perf_counter()
+        decision = await self._decide(plan, neighbours)
+        metrics.STAGE_SECONDS.labels("decision").observe(time.perf_counter() - t)
+        if decision is None:
+            return found
+        chosen, _score = decision
+        try:
+            entry = await self._redis(self.store.get(chosen.entry_id), "fetch")
         except STORE_ERRORS as exc:
             self._failed(exc, "lookup")
             return found

@@ -92,18 +92,30 @@ async def part_a(vllm: str, n: int) -> dict[str, Any]:
 
 
 async def part_b(n: int) -> dict[str, Any]:
+    """The gateway's own cost, without vLLM's variance: the same fast upstream direct and through it."""
     results: dict[str, Any] = {}
-    with fake_upstream() as up, gateway({"upstreams": {"urls": [up]}, "cache": {"enabled": False}}) as gw:
-        body = {"model": "fake", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
+    with ExitStack() as stack:
+        up = stack.enter_context(fake_upstream())
+        gws = {"gateway (pass-through)": stack.enter_context(gateway({"upstreams": {"urls": [up]},
+                                                                      "cache": {"enabled": False}})),
+               "gateway (cache miss)": stack.enter_context(gateway({
+                   "upstreams": {"urls": [up]}, "redis": {"url": REDIS_URL, "index_prefix": "benchfast"},
+                   "cache": {"namespaces": {"default": {"sampled": "all"}}, "l1_max_bytes": 0}}))}
+        targets = {"direct": up, **gws}
+        body = lambda i: {"model": "fake", "max_tokens": 8, "store": False,  # noqa: E731
+                          "messages": [{"role": "user", "content": f"unique question {i} about item {i * 7}"}]}
+        await paired(targets, body, 50, 1, False)  # warm-up
+        results["c1"] = report("fast upstream, concurrency 1 (the gateway's own added latency)",
+                               await paired(targets, lambda i: body(i + 1000), 1000, 1, False))
         print("\nfast upstream, concurrency 32 (requests/s, one gateway worker)")
-        for name, url in (("direct", up), ("gateway (pass-through)", gw)):
+        for name, url in (("direct", up), ("gateway (pass-through)", gws["gateway (pass-through)"])):
             async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as s:
-                async def call(_: int, url: str = url) -> None:
-                    async with s.post(url + "/v1/chat/completions", json=body) as r:
+                async def call(i: int, url: str = url) -> None:
+                    async with s.post(url + "/v1/chat/completions", json=body(i)) as r:
                         await r.read()
                 await closed_loop(call, 500, 32)  # warm-up
                 lat, wall = await closed_loop(call, n, 32)
-            results[name] = summary(f"  {name}", lat, wall)
+            results[f"c32 {name}"] = summary(f"  {name}", lat, wall)
     return results
 
 
@@ -118,22 +130,28 @@ def main() -> int:
     p.add_argument("--n", type=int, default=200, help="requests per target at concurrency 1")
     p.add_argument("--rps-n", type=int, default=20000, help="requests for the requests/s part")
     p.add_argument("--json", help="write the numbers here")
+    p.add_argument("--parts", default="vllm,fast", help="vllm, fast or both (comma-separated)")
     args = p.parse_args()
     from serving.config import LocalStackConfig
     from serving.local.processes import free_port
     from serving.local.stack import start_stack
 
     with ExitStack() as stack:
-        need_vllm, need_redis = not args.vllm, not args.redis
+        parts = set(args.parts.split(","))
+        need_vllm, need_redis = not args.vllm and "vllm" in parts, not args.redis
         local = None
         if need_vllm or need_redis:
             local = stack.enter_context(start_stack(
                 LocalStackConfig(data_dir=str(REPO / ".cachestack")), vllm=need_vllm, redis=need_redis,
                 vllm_ports=[free_port()], redis_port=free_port()))
-        vllm = args.vllm or local.vllm_urls[0]
+        vllm = args.vllm or (local.vllm_urls[0] if need_vllm else "")
         REDIS_URL = args.redis or local.redis_url
         print(f"vLLM {vllm}; Redis {REDIS_URL}; python {sys.version.split()[0]}")
-        results = {"vllm": asyncio.run(part_a(vllm, args.n)), "fast_upstream": asyncio.run(part_b(args.rps_n))}
+        results = {}
+        if "vllm" in parts:
+            results["vllm"] = asyncio.run(part_a(vllm, args.n))
+        if "fast" in parts:
+            results["fast_upstream"] = asyncio.run(part_b(args.rps_n))
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(results, fh, indent=2)
