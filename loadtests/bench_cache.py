@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 from contextlib import ExitStack
 from typing import Any
 
 import aiohttp
 
-from common import REPO, closed_loop, fake_upstream, gateway, summary
+from common import write_json, REPO, closed_loop, fake_upstream, gateway, summary
 
 CITIES = ["France", "Spain", "Italy", "Germany", "Japan", "Brazil", "Canada", "Egypt", "India", "Kenya",
           "Peru", "Norway", "Chile", "Ghana", "Nepal", "Cuba"]
@@ -93,9 +92,7 @@ def main() -> int:
                    "cache": {"l1_max_bytes": l1}}
             with gateway(cfg) as gw:
                 results[layer] = asyncio.run(run(gw, args.n, layer))
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(results, fh, indent=2)
+    write_json(args.json, results)
     return 0
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 import time
 from typing import Any
@@ -19,7 +18,7 @@ from typing import Any
 import aiohttp
 import httpx
 
-from common import closed_loop, fake_upstream, summary
+from common import write_json, closed_loop, fake_upstream, summary
 
 BODY = {"model": "fake", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
 
@@ -61,9 +60,7 @@ def main() -> int:
                 out["client_cpu_us_per_request"] = cpu_us
                 print(f"{'':44} client CPU {cpu_us:.0f} us/request")
                 results[f"{name}-{round_ + 1}"] = out
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(results, fh, indent=2)
+    write_json(args.json, results)
     return 0
 
 

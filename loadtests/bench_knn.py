@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 import time
 from contextlib import ExitStack
@@ -20,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from common import REPO, summary
+from common import write_json, REPO, summary
 
 DIM = 384
 
@@ -141,9 +140,7 @@ def main() -> int:
             LocalStackConfig(data_dir=str(REPO / ".cachestack")), vllm=False, redis_port=free_port())).redis_url
         for n in (int(s) for s in args.sizes.split(",")):
             results.append(asyncio.run(bench(redis, n, args.tenants, args.queries, not args.no_baseline)))
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(results, fh, indent=2)
+    write_json(args.json, results)
     return 0
 
 

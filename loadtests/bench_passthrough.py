@@ -15,14 +15,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
-import json
 import sys
 from contextlib import ExitStack
 from typing import Any
 
 import aiohttp
 
-from common import REPO, closed_loop, fake_upstream, gateway, summary
+from common import write_json, REPO, closed_loop, fake_upstream, gateway, summary
 
 
 async def timed_post(session: aiohttp.ClientSession, url: str, body: dict[str, Any], stream: bool) -> float:
@@ -152,9 +151,7 @@ def main() -> int:
             results["vllm"] = asyncio.run(part_a(vllm, args.n))
         if "fast" in parts:
             results["fast_upstream"] = asyncio.run(part_b(args.rps_n))
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(results, fh, indent=2)
+    write_json(args.json, results)
     return 0
 
 

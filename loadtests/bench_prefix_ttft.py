@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 from contextlib import ExitStack
 from typing import Any
 
 import aiohttp
 
-from common import REPO, gateway, pct
+from common import write_json, REPO, gateway, pct
 
 SYSTEM = "You are the support assistant of a large network-equipment vendor. " + " ".join(
     f"Policy {i}: for device family F{i} explain the reset procedure, the warranty terms in clause {i % 23}, "
@@ -80,9 +79,7 @@ def main() -> int:
     res["ratio_direct"], res["ratio_gateway"] = direct, via
     print(f"on/off TTFT p50 ratio: direct {direct:.3f}, through the gateway {via:.3f} "
           f"({(via / direct - 1) * 100:+.1f}% of the direct ratio)")
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(res, fh, indent=2)
+    write_json(args.json, res)
     return 0
 
 

@@ -4,6 +4,7 @@ percentiles. Every benchmark prints what it ran and medians with p99."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import statistics
 import subprocess
@@ -57,6 +58,13 @@ async def closed_loop(call: Callable[[int], Awaitable[Any]], total: int, concurr
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     return lat, time.perf_counter() - started
+
+
+def write_json(path: str | None, results: Any) -> None:
+    """``--json PATH``: keep the numbers next to the printed table."""
+    if path:
+        with open(path, "w") as fh:
+            json.dump(results, fh, indent=2)
 
 
 def wait_url(url: str, timeout_s: float = 120.0) -> None:

@@ -21,23 +21,26 @@ from serving.protocol import OpenAIError
 
 
 
+def _broken_off(exc: BaseException, when: str) -> OpenAIError:
+    """A response that started and then failed: 504 on a read timeout, 502 otherwise."""
+    if isinstance(exc, asyncio.TimeoutError):
+        return OpenAIError(504, "upstream timed out", "upstream_error", code="upstream_timeout")
+    return OpenAIError(502, f"upstream failed {when}: {type(exc).__name__}", "upstream_error", code="upstream_error")
+
+
 class UpstreamResponse:
     """A started upstream response; read it whole or chunk by chunk, then it closes itself."""
 
-    def __init__(self, resp: aiohttp.ClientResponse, timeout_s: float) -> None:
+    def __init__(self, resp: aiohttp.ClientResponse) -> None:
         self._resp = resp
-        self._timeout_s = timeout_s
         self.status = resp.status
         self.content_type = resp.headers.get("content-type", "application/json")
 
     async def read(self) -> bytes:
         try:
             return await self._resp.read()
-        except asyncio.TimeoutError:
-            raise OpenAIError(504, "upstream timed out", "upstream_error", code="upstream_timeout") from None
-        except aiohttp.ClientError as exc:
-            raise OpenAIError(502, f"upstream failed mid-response: {type(exc).__name__}", "upstream_error",
-                              code="upstream_error") from None
+        except (asyncio.TimeoutError, aiohttp.ClientError) as exc:
+            raise _broken_off(exc, "mid-response") from None
         finally:
             self._resp.release()
 
@@ -46,11 +49,8 @@ class UpstreamResponse:
         try:
             async for chunk in self._resp.content.iter_any():
                 yield chunk
-        except asyncio.TimeoutError:
-            raise OpenAIError(504, "upstream timed out", "upstream_error", code="upstream_timeout") from None
-        except aiohttp.ClientError as exc:
-            raise OpenAIError(502, f"upstream failed mid-stream: {type(exc).__name__}", "upstream_error",
-                              code="upstream_error") from None
+        except (asyncio.TimeoutError, aiohttp.ClientError) as exc:
+            raise _broken_off(exc, "mid-stream") from None
         finally:
             self.close()
 
@@ -100,7 +100,7 @@ class UpstreamClient:
         except aiohttp.ClientError as exc:
             raise OpenAIError(502, f"upstream unreachable: {type(exc).__name__}", "upstream_error",
                               code="upstream_unreachable") from None
-        return UpstreamResponse(resp, self.cfg.timeouts.read_s)
+        return UpstreamResponse(resp)
 
     async def get_json(self, url: str, timeout_s: float = 2.0) -> Any:
         """GET a small JSON document (models list, health); errors as OpenAIError 502/504."""
