@@ -202,8 +202,7 @@ class CacheService:
         return chosen, decision.score
 
     def _remember(self, key: str, entry: Entry, plan: CachePlan) -> None:
-        size = len(orjson.dumps(entry.answer))
-        self.l1.put(key, entry.answer, entry.created, plan.settings.ttl_s, size)
+        self.l1.put(key, entry.answer, entry.created, plan.settings.ttl_s, entry.size)
 
     def _count_savings(self, model: str, answer: dict[str, Any]) -> None:
         usage = answer.get("usage") or {}

@@ -38,6 +38,7 @@ class Entry:
     answer: dict[str, Any]
     created: float
     query: str
+    size: int  # stored bytes, what the entry costs in the L1
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,7 +162,7 @@ class CacheStore:
         blob, created, query = await self.redis.hmget(self.key(entry_id), ["answer", "created", "query"])
         if blob is None:
             return None
-        return Entry(decode_answer(blob), float(created or 0.0), (query or b"").decode())
+        return Entry(decode_answer(blob), float(created or 0.0), (query or b"").decode(), len(blob))
 
     async def put(self, entry_id: str, *, answer: dict[str, Any], query: str, embedding: np.ndarray | None,
                   tags: dict[str, str], ttl_s: int) -> None:

@@ -128,19 +128,27 @@ async def _handle(request: Request, gw: Gateway, kind: str, tenant: str) -> Resp
             forward = orjson.dumps({**orjson.loads(forward), "stream_options": {"include_usage": True}})
         assembler = StreamAssembler(kind, hide_usage=not wants_usage)
         return await _stream_miss(gw, path, affinity, forward, plan, lookup, assembler, result, started)
-    if plan is not None and plan.store:
-        status, data, ctype = await gw.singleflight.run(plan.exact_key, lambda: _call(gw, path, affinity, forward))
+    generate = lambda: _generate(gw, path, affinity, forward, plan, lookup)  # noqa: E731
+    if plan is not None and plan.store:  # followers share the leader's answer, stored and counted once
+        status, data, ctype = await gw.singleflight.run(plan.exact_key, generate)
     else:
-        status, data, ctype = await _call(gw, path, affinity, forward)
+        status, data, ctype = await generate()
+    metrics.REQUEST_SECONDS.labels(path, result).observe(time.perf_counter() - started)
+    return Response(data, status, media_type=ctype, headers=cache_headers(result))
+
+
+async def _generate(gw: Gateway, path: str, affinity: str, data: bytes, plan: CachePlan | None,
+                    lookup: Lookup) -> tuple[int, bytes, str]:
+    """One upstream call for a non-streamed miss, then its usage metrics and the store step."""
+    status, payload, ctype = await _call(gw, path, affinity, data)
     if status == 200:
-        answer = _json_object(data)
+        answer = _json_object(payload)
         if answer is None:
             metrics.UPSTREAM_ERRORS.labels("invalid_json").inc()
             raise OpenAIError(502, "upstream sent a response that is not a JSON object", "upstream_error",
                               code="upstream_invalid_response")
         _after_answer(gw, plan, lookup, answer)
-    metrics.REQUEST_SECONDS.labels(path, result).observe(time.perf_counter() - started)
-    return Response(data, status, media_type=ctype, headers=cache_headers(result))
+    return status, payload, ctype
 
 
 def _forward_body(gw: Gateway, body: dict[str, Any], raw: bytes, tenant: str) -> bytes:

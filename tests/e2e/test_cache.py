@@ -328,3 +328,32 @@ def test_shadow_mode_rechecks_semantic_hits_against_vllm(gateway_factory, vllm_u
     assert ask(gw, FRANCE).headers["x-cache-layer"] == "exact"  # exact hits are not shadowed
     gw.drain()
     assert checks(counts()) == checks(after)
+
+
+def test_identical_concurrent_misses_share_one_generation_and_one_store(gw, vllm_url):
+    import re
+    from concurrent.futures import ThreadPoolExecutor
+
+    def stored() -> float:
+        m = re.search(r'cachestack_cache_stores_total\{namespace="default",outcome="stored"\} ([0-9.]+)',
+                      httpx.get(gw.url + "/metrics").text)
+        return float(m.group(1)) if m else 0.0
+
+    def generated() -> float:
+        text = httpx.get(vllm_url + "/metrics").text
+        return sum(float(v) for v in re.findall(r'^vllm:request_success_total\{[^}]*\} ([0-9.]+)$', text, re.M))
+
+    before_store, before_gen = stored(), generated()
+    body = {"model": MODEL, "temperature": 0, "max_tokens": 24,
+            "messages": [{"role": "user", "content": FRANCE}]}
+    post = lambda _: httpx.post(gw.url + "/v1/chat/completions", json=body, timeout=60,  # noqa: E731
+                                headers={"authorization": f"Bearer {KEYS['a']}"})
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(post, range(4)))
+    gw.drain()
+    texts = {r.json()["choices"][0]["message"]["content"] for r in answers}
+    assert len(texts) == 1 and all(r.status_code == 200 for r in answers)
+    misses = sum(1 for r in answers if r.headers["x-cache"] == "MISS")
+    generations = generated() - before_gen
+    assert 1 <= generations <= misses
+    assert stored() - before_store == generations  # one store per generation, not per waiting client
