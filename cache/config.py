@@ -54,6 +54,7 @@ class DecisionConfig(Strict):
     )
     verifier_threshold: float | None = Field(None, ge=0.0, le=1.0, description="None: the model's calibrated 0.8612")
     verifier_threads: int = Field(1, ge=1, description="onnxruntime threads of the verifier")
+    max_batch: int = Field(32, ge=1, description="lookups whose candidates the verifier scores in one run")
     guards: bool = Field(True, description="reject pairs that differ in numbers, negation, ...")
 
 
@@ -90,6 +91,9 @@ class CacheConfig(Strict):
         1000, ge=1, description="longer queries are exact-only: the embedder reads ~256 tokens"
     )
     max_entry_bytes: int = Field(256 * 1024, ge=1024, description="larger answers are not stored")
+    speculative_upstream: bool = Field(
+        True, description="start the upstream call when the semantic stage begins, cancel it on a hit: a "
+        "miss then waits for no embedding or KNN; a semantic hit costs the upstream one cancelled request")
     decision: DecisionConfig = DecisionConfig()
     prices: dict[str, PriceConfig] = Field(
         default_factory=dict, description="model -> price per 1k tokens, for the savings metric"

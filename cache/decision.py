@@ -155,6 +155,20 @@ class VerifiedRule:
         return [d for d in out if d is not None]
 
 
+def decide_each(rule: DecisionRule,
+                items: Sequence[tuple[str, Sequence[Candidate], RuleSettings]]) -> list[Decision]:
+    """Decisions for items that may carry different settings (concurrent lookups of several
+    namespaces): one ``decide`` call per distinct settings, so the verifier still scores in batches."""
+    groups: dict[RuleSettings, list[int]] = {}
+    for i, (_, _, settings) in enumerate(items):
+        groups.setdefault(settings, []).append(i)
+    out: list[Decision | None] = [None] * len(items)
+    for settings, idx in groups.items():
+        for i, d in zip(idx, rule.decide([(items[i][0], items[i][1]) for i in idx], settings), strict=True):
+            out[i] = d
+    return [d for d in out if d is not None]
+
+
 def build_rule(cfg: Any = None) -> VerifiedRule | ThresholdRule:
     """The rule the service runs, from cache-level decision settings.
 

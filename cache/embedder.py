@@ -6,14 +6,13 @@ to ``batch_wait_ms`` for batch mates and share one ``encode`` call run in a work
 
 from __future__ import annotations
 
-import asyncio
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from cache.batching import Batcher
 from cache.config import EmbedderConfig
 
 
@@ -83,51 +82,14 @@ def embedder_from_config(cfg: EmbedderConfig) -> Embedder:
     return Embedder(cfg.model, backend=cfg.backend, device=cfg.device, threads=cfg.threads, onnx_dir=cfg.onnx_dir)
 
 
-@dataclass
-class _Pending:
-    text: str
-    future: asyncio.Future[np.ndarray]
-
-
 class MicroBatcher:
-    """Collects concurrent ``embed`` calls into one ``Embedder.encode`` run in a worker thread.
-
-    Batches form while the encoder is busy: callers that arrive during an encode share the next one.
-    An idle encoder starts at once (after ``batch_wait_ms``, default 0), so a lone query pays no wait.
-    """
+    """Concurrent ``embed`` calls share one ``Embedder.encode`` run in a worker thread (cache.batching)."""
 
     def __init__(self, embedder: Embedder, batch_wait_ms: float = 0.0, max_batch: int = 64) -> None:
         self.embedder = embedder
-        self.wait_s = batch_wait_ms / 1000.0
-        self.max_batch = max_batch
-        self._queue: list[_Pending] = []
-        self._flusher: asyncio.Task[None] | None = None
-        self._lock = asyncio.Lock()  # one encode at a time: two would fight over 2 cores
+        self._batcher: Batcher[str, np.ndarray] = Batcher(lambda texts: self.embedder.encode(texts),
+                                                          name="embed", wait_ms=batch_wait_ms, max_batch=max_batch)
 
     async def embed(self, text: str) -> np.ndarray:
         """The unit-length embedding of ``text``."""
-        fut: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Pending(text, fut))
-        if self._flusher is None:
-            self._flusher = asyncio.get_running_loop().create_task(self._flush())
-        return await fut
-
-    async def _flush(self) -> None:
-        if self.wait_s > 0 and len(self._queue) < self.max_batch:
-            await asyncio.sleep(self.wait_s)
-        async with self._lock:  # while an encode runs, newcomers queue up for the next batch
-            batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
-            self._flusher = asyncio.get_running_loop().create_task(self._flush()) if self._queue else None
-            batch = [p for p in batch if not p.future.done()]  # drop callers that went away
-            if not batch:
-                return
-            try:
-                vecs = await asyncio.to_thread(self.embedder.encode, [p.text for p in batch])
-            except Exception as exc:  # every waiter learns of the failure
-                for p in batch:
-                    if not p.future.done():
-                        p.future.set_exception(exc)
-                return
-        for p, v in zip(batch, vecs, strict=True):
-            if not p.future.done():
-                p.future.set_result(v)
+        return await self._batcher.submit(text)

@@ -21,12 +21,13 @@ from redis.exceptions import RedisError
 from redisvl.exceptions import RedisVLError
 
 from cache import metrics
+from cache.batching import Batcher
 from cache.config import CacheConfig
-from cache.decision import Candidate, DecisionRule, RuleSettings
+from cache.decision import Candidate, Decision, DecisionRule, RuleSettings, decide_each
 from cache.embedder import MicroBatcher
+from cache.keys import normalise_query
 from cache.l1 import L1Cache
 from cache.policy import CachePlan, make_plan
-from cache.keys import normalise_query
 from cache.store import CacheStore, Entry, Neighbour, scope_filter
 
 log = logging.getLogger("cachestack.cache")
@@ -58,6 +59,9 @@ class CacheService:
         self.store = store
         self.embedder = embedder
         self.rule = rule
+        # concurrent lookups share one verifier run (one ONNX batch), off the event loop
+        self._decider: Batcher[tuple[str, list[Candidate], RuleSettings], Decision] = Batcher(
+            lambda items: decide_each(self.rule, items), name="verify", max_batch=cfg.decision.max_batch)
         self.budget_s = budget_ms / 1000.0
         self.retry_after_s = retry_after_s
         self.l1 = L1Cache(cfg.l1_max_bytes, l1_max_age_s)
@@ -110,11 +114,13 @@ class CacheService:
         return plan
 
     # -- lookup ------------------------------------------------------------------------------
-    async def lookup(self, plan: CachePlan) -> Lookup:
+    async def lookup(self, plan: CachePlan, on_semantic: Callable[[], None] | None = None) -> Lookup:
+        """Exact tiers, then the semantic one; ``on_semantic`` is called as the semantic stage starts
+        (the gateway starts its upstream call there, so a miss does not wait for the lookup)."""
         started = time.perf_counter()
         result = Lookup()
         try:
-            result = await self._lookup(plan)
+            result = await self._lookup(plan, on_semantic)
         finally:
             outcome = "HIT" if result.hit else "MISS"
             metrics.LOOKUP_SECONDS.labels(outcome).observe(time.perf_counter() - started)
@@ -136,7 +142,7 @@ class CacheService:
         metrics.STAGE_SECONDS.labels(stage).observe(time.perf_counter() - t)
         return result
 
-    async def _lookup(self, plan: CachePlan) -> Lookup:
+    async def _lookup(self, plan: CachePlan, on_semantic: Callable[[], None] | None) -> Lookup:
         hot = self.l1.get(plan.exact_key)
         if hot is not None and self._fresh(hot.created, plan):
             return Lookup(CacheHit(hot.answer, "exact", None, time.time() - hot.created, plan.exact_key))
@@ -157,6 +163,8 @@ class CacheService:
         if not plan.semantic:
             return Lookup()
 
+        if on_semantic is not None:
+            on_semantic()
         t = time.perf_counter()
         vector = await self.embedder.embed(plan.query)
         metrics.STAGE_SECONDS.labels("embed").observe(time.perf_counter() - t)
@@ -195,7 +203,7 @@ class CacheService:
             else self.cfg.decision.verifier_threshold,
         )
         candidates = [Candidate(n.entry_id, n.query, n.similarity) for n in neighbours]
-        [decision] = await asyncio.to_thread(self.rule.decide, [(plan.query, candidates)], settings)
+        decision = await self._decider.submit((plan.query, candidates, settings))
         if not decision.hit or decision.candidate is None:
             return None
         chosen = next(n for n in neighbours if n.entry_id == decision.candidate.entry_id)

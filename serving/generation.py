@@ -7,10 +7,11 @@ auth -> protocol -> cache plan (policy, keys) -> lookup -> HIT: answer from cach
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -21,8 +22,9 @@ from cache.policy import CachePlan, PolicyError
 from cache.service import CacheHit, Lookup
 from serving import metrics
 from serving.protocol import ChatCompletionRequest, CompletionRequest, OpenAIError, SamplingFields, parse_request
-from serving.router import affinity_text
+from serving.router import Replica, affinity_text
 from serving.streaming import StreamAssembler, replay
+from serving.upstream import UpstreamResponse
 
 if TYPE_CHECKING:
     from serving.app import Gateway
@@ -102,39 +104,80 @@ async def _handle(request: Request, gw: Gateway, kind: str, tenant: str) -> Resp
 
     forward = _forward_body(gw, body, raw, tenant)
     plan: CachePlan | None = None
-    lookup = Lookup()
     if gw.cache is not None:
         try:
             plan = gw.cache.plan(kind, body, tenant, request.headers.get("cache-control"),
                                  request.headers.get("x-cache-namespace"))
         except PolicyError as exc:
             raise OpenAIError(400, str(exc), param=exc.param, code="invalid_namespace") from None
-        if plan.lookup:
-            lookup = await gw.cache.lookup(plan)
-            if lookup.hit is not None:
-                metrics.REQUEST_SECONDS.labels(path, "HIT").observe(time.perf_counter() - started)
-                gw.cache.maybe_shadow(plan, lookup.hit, lambda: _fresh_answer(gw, path, body, forward))
-                return _hit_response(lookup.hit, kind, parsed)
     result = "MISS" if plan is not None and (plan.lookup or plan.store) else "BYPASS"
     affinity = affinity_text(body)
+    wants_usage = bool(parsed.stream and parsed.stream_options and parsed.stream_options.include_usage)
+    if parsed.stream and plan is not None and plan.store and not wants_usage:
+        # usage is part of a stored answer (savings, replays that ask for it): ask vLLM for it and
+        # drop the usage event on its way to this client, who did not ask
+        forward = orjson.dumps({**orjson.loads(forward), "stream_options": {"include_usage": True}})
+    lookup = Lookup()  # its embedding is filled in when the lookup ends; the store step reads it then
+
+    def upstream() -> Coroutine[Any, Any, Any]:
+        if parsed.stream:
+            return _open_stream(gw, path, affinity, forward)
+        generate = lambda: _generate(gw, path, affinity, forward, plan, lookup)  # noqa: E731
+        if plan is not None and plan.store:  # followers share the leader's answer, stored and counted once
+            return gw.singleflight.run(plan.exact_key, generate)
+        return generate()
+
+    speculative: asyncio.Task[Any] | None = None
+    if gw.cache is not None and plan is not None and plan.lookup:
+
+        def speculate() -> None:
+            nonlocal speculative
+            speculative = asyncio.get_running_loop().create_task(upstream())
+
+        try:
+            found = await gw.cache.lookup(plan, speculate if gw.cfg.cache.speculative_upstream else None)
+        except BaseException:
+            _abandon(gw, speculative)
+            raise
+        lookup.embedding = found.embedding
+        if found.hit is not None:
+            _abandon(gw, speculative)
+            metrics.REQUEST_SECONDS.labels(path, "HIT").observe(time.perf_counter() - started)
+            gw.cache.maybe_shadow(plan, found.hit, lambda: _fresh_answer(gw, path, body, forward))
+            return _hit_response(found.hit, kind, parsed)
     if gw.hygiene is not None:  # only misses reach vLLM, so only they matter to its prefix cache
         gw.hygiene.observe(plan.namespace if plan is not None else "-", affinity)
 
+    outcome = await (speculative if speculative is not None else upstream())
     if parsed.stream:
-        wants_usage = bool(parsed.stream_options and parsed.stream_options.include_usage)
-        if plan is not None and plan.store and not wants_usage:
-            # usage is part of a stored answer (savings, replays that ask for it): ask vLLM for it and
-            # drop the usage event on its way to this client, who did not ask
-            forward = orjson.dumps({**orjson.loads(forward), "stream_options": {"include_usage": True}})
+        if isinstance(outcome, Response):  # vLLM refused the request: its error, passed on
+            outcome.headers.update(cache_headers(result))
+            return outcome
+        replica, resp = outcome
         assembler = StreamAssembler(kind, hide_usage=not wants_usage)
-        return await _stream_miss(gw, path, affinity, forward, plan, lookup, assembler, result, started)
-    generate = lambda: _generate(gw, path, affinity, forward, plan, lookup)  # noqa: E731
-    if plan is not None and plan.store:  # followers share the leader's answer, stored and counted once
-        status, data, ctype = await gw.singleflight.run(plan.exact_key, generate)
-    else:
-        status, data, ctype = await generate()
+        return _relay_stream(gw, path, replica, resp, plan, lookup, assembler, result, started)
+    status, data, ctype = outcome
     metrics.REQUEST_SECONDS.labels(path, result).observe(time.perf_counter() - started)
     return Response(data, status, media_type=ctype, headers=cache_headers(result))
+
+
+def _abandon(gw: Gateway, task: asyncio.Task[Any] | None) -> None:
+    """Drop a speculative upstream call after a hit: cancelling it closes the connection (vLLM aborts
+    the request); a stream that already opened is closed and its replica released as healthy."""
+    if task is None:
+        return
+    if not task.done():
+        task.cancel()
+        return
+    if task.cancelled():
+        return
+    if task.exception() is not None:  # retrieved: an upstream error matters to no one now
+        return
+    outcome = task.result()
+    if isinstance(outcome, tuple) and len(outcome) == 2 and isinstance(outcome[1], UpstreamResponse):
+        replica, resp = outcome
+        resp.close()
+        gw.router.release(replica, True)
 
 
 async def _generate(gw: Gateway, path: str, affinity: str, data: bytes, plan: CachePlan | None,
@@ -175,6 +218,9 @@ async def _call(gw: Gateway, path: str, affinity: str, data: bytes) -> tuple[int
         return resp.status, payload, resp.content_type
     except OpenAIError as exc:
         metrics.UPSTREAM_ERRORS.labels(str(exc.code)).inc()
+        raise
+    except asyncio.CancelledError:  # a hit or a client that left: not the replica's failure
+        ok = True
         raise
     finally:
         gw.router.release(replica, ok)
@@ -223,8 +269,9 @@ def _after_answer(gw: Gateway, plan: CachePlan | None, lookup: Lookup, answer: d
             gw.cache.store_later(plan, answer, lookup.embedding)
 
 
-async def _stream_miss(gw: Gateway, path: str, affinity: str, data: bytes, plan: CachePlan | None,
-                       lookup: Lookup, assembler: StreamAssembler, result: str, started: float) -> Response:
+async def _open_stream(gw: Gateway, path: str, affinity: str,
+                       data: bytes) -> tuple[Replica, UpstreamResponse] | Response:
+    """Send a streamed request; the open response to relay, or vLLM's refusal as a Response."""
     replica = gw.router.choose(affinity)
     try:
         resp = await gw.upstream.post(replica.url, path, data)
@@ -232,13 +279,23 @@ async def _stream_miss(gw: Gateway, path: str, affinity: str, data: bytes, plan:
         gw.router.release(replica, False)
         metrics.UPSTREAM_ERRORS.labels(str(exc.code)).inc()
         raise
-    if resp.status != 200:
+    except asyncio.CancelledError:  # a hit or a client that left: not the replica's failure
+        gw.router.release(replica, True)
+        raise
+    if resp.status == 200:
+        return replica, resp
+    try:
         payload = await resp.read()
+    finally:
+        resp.close()
         gw.router.release(replica, resp.status < 500)
-        status, payload, ctype = _upstream_error(resp.status, payload) if resp.status >= 500 else (
-            resp.status, payload, resp.content_type)
-        return Response(payload, status, media_type=ctype, headers=cache_headers(result))
+    status, payload, ctype = _upstream_error(resp.status, payload) if resp.status >= 500 else (
+        resp.status, payload, resp.content_type)
+    return Response(payload, status, media_type=ctype)
 
+
+def _relay_stream(gw: Gateway, path: str, replica: Replica, resp: UpstreamResponse, plan: CachePlan | None,
+                  lookup: Lookup, assembler: StreamAssembler, result: str, started: float) -> Response:
     async def relay() -> AsyncIterator[bytes]:
         failed = False  # the upstream's fault; a client leaving is not, and must not eject the replica
         first = True

@@ -53,9 +53,14 @@ def main() -> None:
     ap.add_argument("--synthetic-pos", type=int, default=2500)
     ap.add_argument("--seed", type=int, default=13)
     ap.add_argument("--init", help="continue from this directory (a previous run's --out) instead of MiniLM")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--eval-every", type=int, default=0,
+                    help="every N steps print the AUC on --eval-pairs pairs of the calib bucket (6), never check")
+    ap.add_argument("--eval-pairs", type=int, default=1000)
+    ap.add_argument("--save-every", type=int, default=0, help="also save to --out every N steps")
     args = ap.parse_args()
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     rng = random.Random(args.seed)
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -82,6 +87,25 @@ def main() -> None:
         left = min(1.0 - s / total, 1.0 - (time.time() - t0) / budget)
         return max(0.0, min((s + 1) / warm, left))
 
+    calib = [(normalise_query(a), normalise_query(b), y) for a, b, y in read_pairs(args.qqp) if bucket(a) == 6]
+    calib = random.Random(7).sample(calib, min(args.eval_pairs, len(calib)))
+
+    def calib_auc() -> float:
+        from sklearn.metrics import roc_auc_score
+
+        model.eval()
+        scores: list[float] = []
+        with torch.no_grad():
+            for i in range(0, len(calib), 64):
+                part = calib[i : i + 64]
+                enc = tok([r[0] for r in part], [r[1] for r in part], padding=True, truncation=True,
+                          max_length=args.max_length, return_tensors="pt")
+                scores += model(**enc).logits.squeeze(-1).tolist()
+        model.train()
+        return float(roc_auc_score([r[2] for r in calib], scores))
+
+    if args.eval_every:
+        print(f"calib AUC at start {calib_auc():.4f}", flush=True)
     lossf = torch.nn.BCEWithLogitsLoss()
     step = 0
     while step < total:
@@ -113,6 +137,11 @@ def main() -> None:
             if step % 100 == 0:
                 el = time.time() - t0
                 print(f"step {step}/{total} loss {loss.item():.4f} {el / 60:.1f} min", flush=True)
+            if args.eval_every and step % args.eval_every == 0:
+                print(f"step {step} calib AUC {calib_auc():.4f}", flush=True)
+            if args.save_every and step % args.save_every == 0:
+                model.save_pretrained(args.out)
+                tok.save_pretrained(args.out)
             if step >= total or time.time() - t0 > args.minutes * 60:
                 break
         if time.time() - t0 > args.minutes * 60:

@@ -357,3 +357,81 @@ def test_identical_concurrent_misses_share_one_generation_and_one_store(gw, vllm
     generations = generated() - before_gen
     assert 1 <= generations <= misses
     assert stored() - before_store == generations  # one store per generation, not per waiting client
+
+
+def test_concurrent_semantic_lookups_share_verifier_runs(gw):
+    """The verifier is batched across requests: 12 concurrent paraphrases need fewer than 12 runs."""
+    import re
+    from concurrent.futures import ThreadPoolExecutor
+
+    def verify_runs() -> tuple[float, float]:
+        text = httpx.get(gw.url + "/metrics").text
+        count = re.search(r'^cachestack_cache_batch_size_count\{stage="verify"\} ([0-9.]+)$', text, re.M)
+        total = re.search(r'^cachestack_cache_batch_size_sum\{stage="verify"\} ([0-9.]+)$', text, re.M)
+        return (float(count.group(1)) if count else 0.0), (float(total.group(1)) if total else 0.0)
+
+    ask(gw, FRANCE)
+    runs0, items0 = verify_runs()
+    body = {"model": MODEL, "temperature": 0, "max_tokens": 24,
+            "messages": [{"role": "user", "content": "what's the capital city of France"}]}
+    post = lambda _: httpx.post(gw.url + "/v1/chat/completions", json=body, timeout=60,  # noqa: E731
+                                headers={"authorization": f"Bearer {KEYS['a']}"})
+    with ThreadPoolExecutor(12) as pool:
+        answers = list(pool.map(post, range(12)))
+    assert [r.headers["x-cache-layer"] for r in answers] == ["semantic"] * 12
+    runs, items = verify_runs()
+    assert items - items0 == 12
+    assert runs - runs0 < 12
+
+
+def _generated(vllm_url: str) -> float:
+    import re
+
+    text = httpx.get(vllm_url + "/metrics").text
+    return sum(float(v) for v in re.findall(r'^vllm:request_success_total\{[^}]*\} ([0-9.]+)$', text, re.M))
+
+
+def test_semantic_hit_cancels_its_speculative_upstream_call(gw, vllm_url):
+    """The upstream call starts with the semantic stage (so a miss waits for no lookup); a hit cancels
+    it: vLLM never completes that request, and the replica is left healthy with nothing in flight."""
+    import re
+
+    def routed() -> float:
+        m = re.search(r"^cachestack_route_requests_total\{[^}]*\} ([0-9.]+)$", httpx.get(gw.url + "/metrics").text, re.M)
+        return float(m.group(1)) if m else 0.0
+
+    ask(gw, FRANCE, max_tokens=64)
+    before, sent = _generated(vllm_url), routed()
+    r = ask(gw, "what's the capital city of France", max_tokens=64)
+    assert r.headers["x-cache-layer"] == "semantic"
+    assert routed() - sent == 1  # the speculative call went out...
+    time.sleep(1.5)  # longer than vLLM takes to answer this question here
+    assert _generated(vllm_url) == before  # ...and was aborted, never completed
+    [replica] = httpx.get(gw.url + "/ready").json()["replicas"]
+    assert replica["healthy"] and replica["in_flight"] == 0
+
+
+def test_miss_with_speculative_upstream_is_answered_and_stored_once(gw, vllm_url):
+    before = _generated(vllm_url)
+    first = ask(gw, "What is the capital of Italy?", stream=True)
+    assert first.headers["x-cache"] == "MISS" and "data: [DONE]" in first.text
+    assert "\"finish_reason\":\"stop\"" in first.text.replace(" ", "")
+    again = ask(gw, "What is the capital of Italy?")
+    assert again.headers["x-cache"] == "HIT"
+    assert _generated(vllm_url) - before == 1
+
+
+def test_speculation_can_be_switched_off(gateway_factory, vllm_url, redis_url):
+    import re
+
+    gw = gateway_factory(vllm_url, redis_url, cache={"speculative_upstream": False})
+    body = {"model": MODEL, "temperature": 0, "max_tokens": 24, "messages": [{"role": "user", "content": FRANCE}]}
+    httpx.post(gw.url + "/v1/chat/completions", json=body, timeout=60)
+    gw.drain()
+    body["messages"][0]["content"] = "what's the capital city of France"
+    metrics = httpx.get(gw.url + "/metrics").text
+    r = httpx.post(gw.url + "/v1/chat/completions", json=body, timeout=60)
+    assert r.headers["x-cache-layer"] == "semantic"
+    assert httpx.get(gw.url + "/metrics").text.count("cachestack_route_requests_total{") >= 1
+    routed = lambda text: re.search(r"^cachestack_route_requests_total\{[^}]*\} ([0-9.]+)$", text, re.M).group(1)  # noqa: E731
+    assert routed(httpx.get(gw.url + "/metrics").text) == routed(metrics)  # no upstream call for a hit

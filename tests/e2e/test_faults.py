@@ -58,6 +58,7 @@ async def _handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) ->
                     event = b"data: " + json.dumps(chunk).encode() + b"\n\n"
                     writer.write(f"{len(event):x}\r\n".encode() + event + b"\r\n")
                     await writer.drain()
+                    await asyncio.sleep(0.2)  # an engine dying mid-generation, after the relay began
                 writer.close()  # broken off: no terminating chunk, no [DONE]
                 return
             await writer.drain()

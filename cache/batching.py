@@ -1,0 +1,69 @@
+"""Concurrent calls folded into one blocking batch call run in a worker thread.
+
+Both CPU stages of a semantic lookup (the query embedding and the verifier) cost far less per item in
+a batch than one at a time, and two of them running at once would only fight over the cores. So each
+stage has one worker: callers that arrive while it is busy share its next run. An idle worker starts
+at once (after ``wait_ms``, default 0), so a lone request pays no wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from cache import metrics
+
+In = TypeVar("In")
+Out = TypeVar("Out")
+
+
+@dataclass(slots=True)
+class _Pending(Generic[In, Out]):
+    item: In
+    future: asyncio.Future[Out]
+
+
+class Batcher(Generic[In, Out]):
+    """``await submit(item)`` runs ``run([item, ...])`` (one result per item, same order) off the loop."""
+
+    def __init__(self, run: Callable[[list[In]], Sequence[Out]], *, name: str, wait_ms: float = 0.0,
+                 max_batch: int = 64) -> None:
+        self.run = run
+        self.name = name
+        self.wait_s = wait_ms / 1000.0
+        self.max_batch = max_batch
+        self._queue: list[_Pending[In, Out]] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()  # one run at a time
+
+    async def submit(self, item: In) -> Out:
+        fut: asyncio.Future[Out] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Pending(item, fut))
+        if self._flusher is None:
+            self._flusher = asyncio.get_running_loop().create_task(self._flush())
+        return await fut
+
+    async def _flush(self) -> None:
+        if self.wait_s > 0 and len(self._queue) < self.max_batch:
+            await asyncio.sleep(self.wait_s)
+        async with self._lock:  # while a run is going, newcomers queue up for the next one
+            batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
+            self._flusher = asyncio.get_running_loop().create_task(self._flush()) if self._queue else None
+            batch = [p for p in batch if not p.future.done()]  # drop callers that went away
+            if not batch:
+                return
+            metrics.BATCH_SIZE.labels(self.name).observe(len(batch))
+            try:
+                results = await asyncio.to_thread(self.run, [p.item for p in batch])
+                if len(results) != len(batch):
+                    raise RuntimeError(f"batch run returned {len(results)} results for {len(batch)} items")
+            except Exception as exc:  # every waiter learns of the failure
+                for p in batch:
+                    if not p.future.done():
+                        p.future.set_exception(exc)
+                return
+        for p, r in zip(batch, results):
+            if not p.future.done():
+                p.future.set_result(r)
