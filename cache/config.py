@@ -44,6 +44,17 @@ class EmbedderConfig(Strict):
     threads: int | None = Field(None, ge=1, description="intra-op threads; default 1 for onnx")
 
 
+class JudgeConfig(Strict):
+    """The optional LLM judge for borderline pairs (cache/judge.py); off by default: see
+    docs/decision-quality.md for what it did with the local SmolLM2."""
+
+    enabled: bool = False
+    min_score: float = Field(0.5, ge=0.0, le=1.0,
+                             description="a pair the verifier rejected is asked about from this probability")
+    model: str | None = Field(None, description="model to ask; None: the request's own model")
+    timeout_ms: float = Field(1000.0, gt=0, description="no verdict in time: no hit")
+
+
 class DecisionConfig(Strict):
     """The semantic hit rule; see cache/decision.py."""
 
@@ -56,6 +67,7 @@ class DecisionConfig(Strict):
     verifier_threads: int = Field(1, ge=1, description="onnxruntime threads of the verifier")
     max_batch: int = Field(32, ge=1, description="lookups whose candidates the verifier scores in one run")
     guards: bool = Field(True, description="reject pairs that differ in numbers, negation, ...")
+    judge: JudgeConfig = JudgeConfig()
 
 
 SamplingPolicy = Literal["never", "exact", "all"]

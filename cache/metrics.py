@@ -28,3 +28,5 @@ SHADOW_FALSE_HIT_RATE = Gauge("cachestack_cache_shadow_false_hit_rate",
                               "Estimated live false-hit rate from shadow checks", ["namespace"])
 BATCH_SIZE = Histogram("cachestack_cache_batch_size", "Items per run of a batched CPU stage (embed, verify)",
                        ["stage"], buckets=(1, 2, 4, 8, 16, 32, 64))
+JUDGE = Counter("cachestack_cache_judge_total", "LLM judge verdicts on borderline pairs",
+                ["verdict"])  # yes, no, unsure, error

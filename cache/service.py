@@ -32,6 +32,7 @@ from cache.store import CacheStore, Entry, Neighbour, scope_filter
 
 log = logging.getLogger("cachestack.cache")
 T = TypeVar("T")
+Judge = Callable[[str, str, str], Awaitable[float | None]]
 STORE_ERRORS = (RedisError, RedisVLError, OSError, asyncio.TimeoutError, ValueError)
 
 
@@ -54,11 +55,13 @@ class Lookup:
 
 class CacheService:
     def __init__(self, cfg: CacheConfig, store: CacheStore, embedder: MicroBatcher, rule: DecisionRule, *,
-                 budget_ms: float, retry_after_s: float, l1_max_age_s: float = 30.0) -> None:
+                 budget_ms: float, retry_after_s: float, l1_max_age_s: float = 30.0,
+                 judge: Judge | None = None) -> None:
         self.cfg = cfg
         self.store = store
         self.embedder = embedder
         self.rule = rule
+        self.judge = judge  # (model, cached query, new query) -> verdict; used when decision.judge.enabled
         # concurrent lookups share one verifier run (one ONNX batch), off the event loop
         self._decider: Batcher[tuple[str, list[Candidate], RuleSettings], Decision] = Batcher(
             lambda items: decide_each(self.rule, items), name="verify", max_batch=cfg.decision.max_batch)
@@ -204,10 +207,31 @@ class CacheService:
         )
         candidates = [Candidate(n.entry_id, n.query, n.similarity) for n in neighbours]
         decision = await self._decider.submit((plan.query, candidates, settings))
-        if not decision.hit or decision.candidate is None:
+        if decision.candidate is None:
             return None
+        if not decision.hit:
+            j = self.cfg.decision.judge
+            if not (j.enabled and self.judge is not None and decision.reason == "verifier rejected"
+                    and decision.score >= j.min_score):
+                return None
+            if not await self._judged_same(plan, decision.candidate.query, j.model, j.timeout_ms):
+                return None
         chosen = next(n for n in neighbours if n.entry_id == decision.candidate.entry_id)
         return chosen, decision.score
+
+    async def _judged_same(self, plan: CachePlan, cached: str, model: str | None, timeout_ms: float) -> bool:
+        """The LLM judge's word on a borderline pair; no verdict (timeout, error, unsure) is a no."""
+        assert self.judge is not None
+        try:
+            async with asyncio.timeout(timeout_ms / 1000.0):
+                verdict = await self.judge(model or plan.model, cached, plan.query)
+        except Exception as exc:  # the judge is advice: its failure is a miss, never an error
+            metrics.JUDGE.labels("error").inc()
+            log.info("judge call failed: %s", type(exc).__name__)
+            return False
+        label = "unsure" if verdict is None else ("yes" if verdict > 0 else "no")
+        metrics.JUDGE.labels(label).inc()
+        return label == "yes"
 
     def _remember(self, key: str, entry: Entry, plan: CachePlan) -> None:
         self.l1.put(key, entry.answer, entry.created, plan.settings.ttl_s, entry.size)

@@ -8,6 +8,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from functools import partial
 
 from fastapi import FastAPI
 from redis.exceptions import RedisError
@@ -20,7 +21,7 @@ from cache.decision import DecisionRule, ThresholdRule
 from cache.embedder import Embedder, MicroBatcher, embedder_from_config
 from cache.service import CacheService
 from cache.store import CacheStore
-from serving import metrics
+from serving import generation, metrics
 from serving.auth import Authenticator
 from serving.catalog import ModelCatalog
 from serving.config import Settings
@@ -88,8 +89,10 @@ def create_app(settings: Settings, *, embedder: Embedder | None = None) -> FastA
         ph = settings.prefix_hygiene
         catalog = ModelCatalog(upstream, router, settings.upstreams.models_refresh_s)
         cache = await build_cache(settings, embedder)
-        app.state.gw = Gateway(settings, Authenticator(settings.auth), upstream, router, catalog, cache,
-                               SingleFlight(), PrefixHygiene(ph.window, ph.head_chars) if ph.enabled else None)
+        gw = app.state.gw = Gateway(settings, Authenticator(settings.auth), upstream, router, catalog, cache,
+                                    SingleFlight(), PrefixHygiene(ph.window, ph.head_chars) if ph.enabled else None)
+        if cache is not None and settings.cache.decision.judge.enabled:
+            cache.judge = partial(generation.ask_judge, gw)
         await catalog.refresh()
         try:
             yield

@@ -18,6 +18,7 @@ import orjson
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 
+from cache.judge import judge_request, judge_verdict
 from cache.policy import CachePlan, PolicyError
 from cache.service import CacheHit, Lookup
 from serving import metrics
@@ -253,6 +254,13 @@ async def _fresh_answer(gw: Gateway, path: str, body: dict[str, Any], data: byte
         data = orjson.dumps({**orjson.loads(data), "stream": False})
     status, payload, _ = await _call(gw, path, affinity_text(body), data)
     return _json_object(payload) if status == 200 else None
+
+
+async def ask_judge(gw: Gateway, model: str, cached: str, asked: str) -> float | None:
+    """The LLM judge's verdict on a borderline pair (cache/judge.py), asked of an upstream replica."""
+    status, payload, _ = await _call(gw, "/v1/chat/completions", "", orjson.dumps(judge_request(model, cached, asked)))
+    answer = _json_object(payload) if status == 200 else None
+    return judge_verdict(answer) if answer is not None else None
 
 
 def _after_answer(gw: Gateway, plan: CachePlan | None, lookup: Lookup, answer: dict[str, Any]) -> None:
