@@ -63,7 +63,7 @@ class DecisionConfig(Strict):
     verifier: Literal["none", "default"] | str = Field(
         "default", description="'none', 'default' (the shipped cross-encoder) or a path"
     )
-    verifier_threshold: float | None = Field(None, ge=0.0, le=1.0, description="None: the model's calibrated 0.8612")
+    verifier_threshold: float | None = Field(None, ge=0.0, le=1.0, description="None: the model's calibrated default (verifier.json)")
     verifier_threads: int = Field(1, ge=1, description="onnxruntime threads of the verifier")
     max_batch: int = Field(32, ge=1, description="lookups whose candidates the verifier scores in one run")
     guards: bool = Field(True, description="reject pairs that differ in numbers, negation, ...")

@@ -442,15 +442,20 @@ def test_llm_judge_asks_the_served_model_about_borderline_pairs(gateway_factory,
     the client gets a 200 and the verdict is counted (never an error: the request shape is vLLM's)."""
     import re
 
+    def verdicts() -> dict[str, float]:  # the registry is per process: compare before and after
+        text = httpx.get(gw.url + "/metrics").text
+        found = dict(re.findall(r'^cachestack_cache_judge_total\{verdict="(\w+)"\} ([0-9.]+)$', text, re.M))
+        return {v: float(found.get(v, 0)) for v in ("yes", "no", "unsure", "error")}
+
     gw = gateway_factory(vllm_url, redis_url, cache={"decision": {"threshold": 0.5, "judge": {
         "enabled": True, "min_score": 0.0, "timeout_ms": 30000}}})  # a shared CPU runs vLLM here
     body = {"model": MODEL, "temperature": 0, "max_tokens": 24, "messages": [{"role": "user", "content": FRANCE}]}
     assert httpx.post(gw.url + "/v1/chat/completions", json=body, timeout=60).status_code == 200
     gw.drain()
+    before = verdicts()
     body["messages"][0]["content"] = "What is the largest city in France?"
     r = httpx.post(gw.url + "/v1/chat/completions", json=body, timeout=60)
     assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"]
-    verdicts = dict(re.findall(r'^cachestack_cache_judge_total\{verdict="(\w+)"\} ([0-9.]+)$',
-                               httpx.get(gw.url + "/metrics").text, re.M))
-    assert sum(float(verdicts.get(v, 0)) for v in ("yes", "no", "unsure")) >= 1
-    assert float(verdicts.get("error", 0)) == 0
+    after = verdicts()
+    assert sum(after[v] - before[v] for v in ("yes", "no", "unsure")) == 1
+    assert after["error"] == before["error"]
