@@ -79,10 +79,11 @@ class VerifiedRule:
     """Cosine floor, then guards, then the cross-encoder verifier over the surviving candidates.
 
     For every item: candidates at or above ``settings.threshold`` (the cosine floor) are kept, each is
-    checked by the lexical guards (numbers, negation, opposite words, direction, time), the survivors of
-    all items are scored by the verifier in one batch, and the item hits on its candidate with the
-    highest verifier probability when that is at least ``settings.verifier_threshold`` (None: the
-    shipped model's calibrated default). An exact match of the normalised queries is always a hit.
+    checked by the lexical guards (numbers, negation, opposite words, direction, time), and the
+    verifier scores the survivors in batches: first every item's nearest survivor, then the other
+    survivors of the items that one did not settle. An item hits on its candidate with the highest
+    verifier probability when that is at least ``settings.verifier_threshold`` (None: the shipped
+    model's calibrated default). An exact match of the normalised queries is always a hit.
     Without a verifier (``verifier=None``) the score is the cosine and the guards still apply.
     """
 
@@ -127,17 +128,20 @@ class VerifiedRule:
                     pending.append((i, c))
                 elif i not in vetoed:
                     vetoed[i] = (c, reason)
-        if self.verifier is not None and pending:
-            scores = self.verifier.probabilities(
-                [(c.query, items[i][0]) for i, c in pending], [c.similarity for _, c in pending]
-            )
-        else:
-            scores = [c.similarity for _, c in pending]
         best: dict[int, tuple[Candidate, float]] = {}
-        for (i, c), s in zip(pending, scores, strict=True):
-            s = float(s)
-            if i not in best or s > best[i][1]:
-                best[i] = (c, s)
+        if self.verifier is None:
+            for i, c in pending:
+                if i not in best or c.similarity > best[i][1]:
+                    best[i] = (c, c.similarity)
+        else:
+            # Round 1 scores each item's nearest surviving candidate; only items it does not settle
+            # have their other candidates scored (round 2). A hit then costs one verifier pair, not k.
+            first: dict[int, Candidate] = {}
+            for i, c in pending:
+                first.setdefault(i, c)
+            self._score(list(first.items()), items, best)
+            unsettled = {i for i, (_, s) in best.items() if s < vthr}
+            self._score([(i, c) for i, c in pending if i in unsettled and c is not first[i]], items, best)
         for i in range(len(items)):
             if out[i] is not None:
                 continue
@@ -153,6 +157,17 @@ class VerifiedRule:
                 c, reason = vetoed[i]
                 out[i] = Decision(False, c, 0.0, f"guard: {reason}")
         return [d for d in out if d is not None]
+
+    def _score(self, pairs: Sequence[tuple[int, Candidate]], items: Sequence[tuple[str, Sequence[Candidate]]],
+               best: dict[int, tuple[Candidate, float]]) -> None:
+        """Verifier probabilities for (item index, candidate) pairs in one batch; keeps each item's best."""
+        if not pairs or self.verifier is None:
+            return
+        scores = self.verifier.probabilities([(c.query, items[i][0]) for i, c in pairs],
+                                             [c.similarity for _, c in pairs])
+        for (i, c), p in zip(pairs, scores, strict=True):
+            if i not in best or float(p) > best[i][1]:
+                best[i] = (c, float(p))
 
 
 def decide_each(rule: DecisionRule,

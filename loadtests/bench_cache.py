@@ -4,7 +4,9 @@ The gateway runs as its own process (``cachestack serve``, one worker) with real
 the real MiniLM embedder; the upstream is the fast fake (only used to seed entries: hits never reach it).
 Semantic hits ask a paraphrase (different exact key) of a stored question; every response's X-Cache
 header is checked, so a number here is a number of real hits. The L1 LRU serves repeated exact hits, so
-the exact numbers are measured twice: L1 on (default) and off (every hit is a Redis GET).
+the exact numbers are measured twice: L1 on (default) and off (every hit is a Redis GET). Semantic hits
+are measured with the speculative upstream call on (default: each hit also starts and cancels an
+upstream request, here to the fake on the same 2 cores) and off.
 
 python loadtests/bench_cache.py [--redis URL] [--n 2000]
 """
@@ -67,6 +69,11 @@ async def run(gw: str, n: int, layer: str) -> dict[str, Any]:
             results[f"c{conc}"] = summary(f"{layer} hit, concurrency {conc}", lat, wall)
             results[f"c{conc}"]["hit_fraction"] = sum(outcomes) / len(outcomes)
             print(f"    {sum(outcomes)}/{len(outcomes)} answered as {want} hits")
+        async with s.get(gw + "/metrics") as r:
+            skipped = [line for line in (await r.text()).splitlines()
+                       if line.startswith("cachestack_cache_bypass_total")]
+        print("  lookups skipped:", "; ".join(skipped) or "none")
+        results["bypasses"] = skipped
     return results
 
 
@@ -75,6 +82,7 @@ def main() -> int:
     p.add_argument("--redis", help="a running Redis with search (default: start Valkey)")
     p.add_argument("--n", type=int, default=2000)
     p.add_argument("--json")
+    p.add_argument("--only", help="comma-separated layer name prefixes, e.g. semantic")
     args = p.parse_args()
     from serving.config import LocalStackConfig
     from serving.local.processes import free_port
@@ -86,10 +94,14 @@ def main() -> int:
             LocalStackConfig(data_dir=str(REPO / ".cachestack")), vllm=False, redis_port=free_port())).redis_url
         up = stack.enter_context(fake_upstream())
         print(f"Redis {redis}; fake upstream {up}")
-        for layer, l1 in (("exact (L1)", 64 << 20), ("exact (Redis)", 0), ("semantic", 64 << 20)):
+        layers = (("exact (L1)", 64 << 20, True), ("exact (Redis)", 0, True), ("semantic", 64 << 20, True),
+                  ("semantic, speculative upstream off", 64 << 20, False))
+        for layer, l1, speculate in layers:
+            if args.only and not any(layer.startswith(o) for o in args.only.split(",")):
+                continue
             cfg = {"upstreams": {"urls": [up]},
                    "redis": {"url": redis, "index_prefix": f"bench{abs(hash(layer)) % 10_000}"},
-                   "cache": {"l1_max_bytes": l1}}
+                   "cache": {"l1_max_bytes": l1, "speculative_upstream": speculate}}
             with gateway(cfg) as gw:
                 results[layer] = asyncio.run(run(gw, args.n, layer))
     write_json(args.json, results)

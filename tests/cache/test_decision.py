@@ -136,3 +136,29 @@ def test_verifier_path_that_does_not_exist(tmp_path) -> None:  # noqa: ANN001
 
     with pytest.raises(VerifierError):
         build_rule({"verifier": str(tmp_path / "none-here")})
+
+
+def test_verifier_scores_the_nearest_survivor_first_and_the_rest_only_when_needed() -> None:
+    """A hit costs one verifier pair; the other candidates are scored only when the nearest fails."""
+    rule = build_rule({"verifier": "default", "guards": True})
+    scored: list[list[tuple[str, str]]] = []
+    real = rule.verifier.probabilities
+
+    def counting(pairs, cosines):  # type: ignore[no-untyped-def]
+        scored.append(list(pairs))
+        return real(pairs, cosines)
+
+    rule.verifier.probabilities = counting  # type: ignore[method-assign]
+    q = "how can i reset my password"
+    good = Candidate("a", "how do i reset my password", 0.93)
+    others = [Candidate("b", "how do i reset my router", 0.85), Candidate("c", "how do i reset my phone", 0.84)]
+    [d] = rule.decide([(q, [others[1], good, others[0]])], shipped_defaults())
+    assert d.hit and d.candidate == good
+    assert scored == [[("how do i reset my password", q)]]
+
+    scored.clear()
+    far = "what is the best pizza topping"
+    [d] = rule.decide([(far, [Candidate("x", "what is the best pizza in naples", 0.86),
+                              Candidate("y", "what is the best pasta sauce", 0.82)])], shipped_defaults())
+    assert not d.hit
+    assert [len(batch) for batch in scored] == [1, 1]  # the nearest first, then the other
