@@ -5,6 +5,8 @@ A. Real vLLM (CPU, SmolLM2): the same request direct and through the gateway, in
    concurrency 1 and 32. Gateway with the cache off (pure pass-through) and on (a miss: exact GET,
    embed, KNN, decision before the upstream call).
 B. Fast fake upstream: requests/s at concurrency 32, direct vs through the gateway (one worker).
+C. A fake upstream that always takes 50 ms: what a cache miss adds at concurrency 1, with the
+   speculative upstream call (default) and with the lookup first, against direct and pass-through.
 
 python loadtests/bench_passthrough.py [--vllm URL] [--n 200]
 Without --vllm a vLLM CPU server is started (about 30 s).
@@ -118,6 +120,41 @@ async def part_b(n: int) -> dict[str, Any]:
     return results
 
 
+async def part_c(n: int, delay_ms: float) -> dict[str, Any]:
+    """What a cache miss adds, against an upstream that always takes ``delay_ms`` (no vLLM variance):
+    the speculative upstream call (default) hides the lookup behind the upstream's own time."""
+    with ExitStack() as stack:
+        up = stack.enter_context(fake_upstream(delay_ms))
+        miss = {"namespaces": {"default": {"sampled": "all"}}, "l1_max_bytes": 0}
+        targets = {"direct": up,
+                   "gateway (pass-through)": stack.enter_context(gateway({
+                       "upstreams": {"urls": [up]}, "cache": {"enabled": False}})),
+                   "gateway (cache miss, speculative)": stack.enter_context(gateway({
+                       "upstreams": {"urls": [up]}, "redis": {"url": REDIS_URL, "index_prefix": "benchspec"},
+                       "cache": miss})),
+                   "gateway (cache miss, lookup first)": stack.enter_context(gateway({
+                       "upstreams": {"urls": [up]}, "redis": {"url": REDIS_URL, "index_prefix": "benchseq"},
+                       "cache": {**miss, "speculative_upstream": False}}))}
+        # a stored neighbour (same context, cosine near the floor) for every question, so each miss runs a
+        # real KNN and, where the neighbour is above the floor, the verifier
+        seed = lambda i: {"model": "fake", "messages": [  # noqa: E731
+            {"role": "user", "content": f"What is the capital of country number {i}?"}]}
+        ask = lambda i: {"model": "fake", "messages": [  # noqa: E731
+            {"role": "user", "content": f"What is the population of country number {i}?"}]}
+        await paired({k: v for k, v in targets.items() if "cache miss" in k}, seed, n + 40, 8, False)
+        await asyncio.sleep(1.0)
+        await paired(targets, ask, 20, 1, False)  # warm-up
+        out = {"c1": report(f"upstream that takes {delay_ms:.0f} ms, concurrency 1 (what a miss adds)",
+                            await paired(targets, lambda i: ask(i + 20), n, 1, False))}
+        async with aiohttp.ClientSession() as s:
+            for name in ("gateway (cache miss, speculative)", "gateway (cache miss, lookup first)"):
+                async with s.get(targets[name] + "/metrics") as r:
+                    lines = [ln for ln in (await r.text()).splitlines()
+                             if ln.startswith("cachestack_cache_requests_total")]
+                print(f"  {name}: " + "; ".join(lines))
+        return out
+
+
 REDIS_URL = ""
 
 
@@ -129,7 +166,8 @@ def main() -> int:
     p.add_argument("--n", type=int, default=200, help="requests per target at concurrency 1")
     p.add_argument("--rps-n", type=int, default=20000, help="requests for the requests/s part")
     p.add_argument("--json", help="write the numbers here")
-    p.add_argument("--parts", default="vllm,fast", help="vllm, fast or both (comma-separated)")
+    p.add_argument("--parts", default="vllm,fast,miss",
+                   help="vllm, fast, miss (an upstream with a fixed 50 ms: what a cache miss adds), comma-separated")
     args = p.parse_args()
     from serving.config import LocalStackConfig
     from serving.local.processes import free_port
@@ -151,6 +189,8 @@ def main() -> int:
             results["vllm"] = asyncio.run(part_a(vllm, args.n))
         if "fast" in parts:
             results["fast_upstream"] = asyncio.run(part_b(args.rps_n))
+        if "miss" in parts:
+            results["miss_50ms_upstream"] = asyncio.run(part_c(args.n, 50.0))
     write_json(args.json, results)
     return 0
 

@@ -99,9 +99,9 @@ def child(argv: list[str], ready_url: str, env: dict[str, str] | None = None) ->
 
 
 @contextmanager
-def fake_upstream() -> Iterator[str]:
+def fake_upstream(delay_ms: float = 0.0) -> Iterator[str]:
     port = free_port()
-    with child([sys.executable, str(REPO / "loadtests" / "fake_upstream.py"), str(port)],
+    with child([sys.executable, str(REPO / "loadtests" / "fake_upstream.py"), str(port), str(delay_ms)],
                f"http://127.0.0.1:{port}/v1/models"):
         yield f"http://127.0.0.1:{port}"
 

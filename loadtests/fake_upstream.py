@@ -2,7 +2,9 @@
 
 Raw asyncio protocol so that the upstream costs far less than the gateway under test; it is only used
 where a real vLLM would be the bottleneck (requests/s), never for correctness.
-Run: python loadtests/fake_upstream.py PORT
+Run: python loadtests/fake_upstream.py PORT [DELAY_MS]
+With DELAY_MS every completion is answered that long after it arrived (an upstream with a fixed
+generation time, for measuring what a cache miss adds without vLLM's own variance).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ ANSWER = json.dumps({
     "usage": {"prompt_tokens": 37, "completion_tokens": 8, "total_tokens": 45,
               "prompt_tokens_details": {"cached_tokens": 32}},
 }).encode()
+DELAY_S = 0.0
 MODELS = json.dumps({"object": "list", "data": [{"id": MODEL, "object": "model"}]}).encode()
 
 
@@ -63,9 +66,19 @@ class Upstream(asyncio.Protocol):
             elif head.startswith(b"get"):
                 self.transport.write(response(b"200 OK", b"{}"))
             elif b'"stream":true' in body.replace(b" ", b""):
-                self.transport.write(response(b"200 OK", STREAM, b"text/event-stream"))
+                self.answer(response(b"200 OK", STREAM, b"text/event-stream"))
             else:
-                self.transport.write(response(b"200 OK", ANSWER))
+                self.answer(response(b"200 OK", ANSWER))
+
+    def answer(self, payload: bytes) -> None:
+        if DELAY_S <= 0:
+            self.transport.write(payload)
+            return
+        asyncio.get_running_loop().call_later(DELAY_S, self._late, payload)
+
+    def _late(self, payload: bytes) -> None:
+        if not self.transport.is_closing():  # a cancelled request's connection is gone
+            self.transport.write(payload)
 
 
 async def main(port: int) -> None:
@@ -81,4 +94,6 @@ if __name__ == "__main__":
         uvloop.install()
     except ImportError:
         pass
+    if len(sys.argv) > 2:
+        DELAY_S = float(sys.argv[2]) / 1000.0
     asyncio.run(main(int(sys.argv[1])))
