@@ -23,6 +23,9 @@ class RedisConfig(Strict):
     store_timeout_ms: float = Field(500.0, gt=0)
     index_prefix: str = Field("cachestack", pattern=r"^[A-Za-z0-9_:-]+$")
     retry_after_s: float = Field(2.0, gt=0, description="wait before reconnecting after a failure")
+    trip_after_timeouts: int = Field(
+        3, ge=1, description="consecutive lookup/store timeouts before the store is skipped for retry_after_s "
+        "(one timeout may be a saturated gateway, not Redis; errors and failed pings skip it at once)")
     hnsw_m: int = Field(16, ge=4, le=128)
     hnsw_ef_construction: int = Field(200, ge=10)
     hnsw_ef_runtime: int = Field(64, ge=10)

@@ -69,7 +69,8 @@ async def build_cache(settings: Settings, embedder: Embedder | None = None) -> C
     store = CacheStore(settings.redis, embedder.dim)
     service = CacheService(settings.cache, store, MicroBatcher(embedder, e.batch_wait_ms, e.max_batch),
                            build_rule(settings), budget_ms=settings.redis.lookup_budget_ms,
-                           retry_after_s=settings.redis.retry_after_s)
+                           retry_after_s=settings.redis.retry_after_s,
+                           trip_after_timeouts=settings.redis.trip_after_timeouts)
     if not await service.check(timeout_s=settings.redis.store_timeout_ms / 1000.0):
         log.warning("cache store not reachable at start; serving without it until it answers")
     return service

@@ -1,0 +1,46 @@
+"""A lookup that overruns its budget once (a busy gateway, a short Redis stall) skips the cache for that
+request only; consecutive timeouts skip the store for everyone. The stall is real: CLIENT PAUSE."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from cache.config import CacheConfig, RedisConfig
+from cache.decision import build_rule
+from cache.embedder import MicroBatcher
+from cache.service import CacheService
+from cache.store import CacheStore
+
+
+def chat(q: str) -> dict[str, Any]:
+    return {"model": "smollm2", "temperature": 0, "messages": [{"role": "user", "content": q}]}
+
+
+async def test_one_timeout_does_not_trip_but_consecutive_ones_do(redis_url: str, embedder: Any) -> None:
+    cfg = CacheConfig.model_validate({"l1_max_bytes": 0})
+    store = CacheStore(RedisConfig(url=redis_url, index_prefix=f"trip{uuid.uuid4().hex[:8]}"), embedder.dim)
+    svc = CacheService(cfg, store, MicroBatcher(embedder), build_rule(cfg.decision), budget_ms=50,
+                       retry_after_s=30, trip_after_timeouts=3)
+    plan = svc.plan("chat", chat("What is the capital of France?"), "t", None, None)
+    await svc._store(plan, {"choices": [{"message": {"role": "assistant", "content": "Paris."},
+                                         "finish_reason": "stop"}]}, None)
+    assert (await svc.lookup(plan)).hit is not None
+    admin = aioredis.from_url(redis_url)
+    try:
+        await admin.execute_command("CLIENT", "PAUSE", 400, "ALL")
+        assert (await svc.lookup(plan)).hit is None  # this request skipped the cache...
+        assert not svc.degraded  # ...but the store is not given up on
+        await asyncio.sleep(0.5)
+        assert (await svc.lookup(plan)).hit is not None
+        await admin.execute_command("CLIENT", "PAUSE", 1500, "ALL")
+        for _ in range(3):
+            assert (await svc.lookup(plan)).hit is None
+        assert svc.degraded
+    finally:
+        await asyncio.sleep(1.6)
+        await admin.aclose()
+        await store.aclose()
