@@ -432,7 +432,6 @@ def test_speculation_can_be_switched_off(gateway_factory, vllm_url, redis_url):
     metrics = httpx.get(gw.url + "/metrics").text
     r = httpx.post(gw.url + "/v1/chat/completions", json=body, timeout=60)
     assert r.headers["x-cache-layer"] == "semantic"
-    assert httpx.get(gw.url + "/metrics").text.count("cachestack_route_requests_total{") >= 1
     routed = lambda text: re.search(r"^cachestack_route_requests_total\{[^}]*\} ([0-9.]+)$", text, re.M).group(1)  # noqa: E731
     assert routed(httpx.get(gw.url + "/metrics").text) == routed(metrics)  # no upstream call for a hit
 
