@@ -1,8 +1,9 @@
 """Lookup and store orchestration: the request flow's steps 3-7, without HTTP.
 
-Fails open: every Redis call runs inside the lookup budget; a timeout or error marks the store down
-for ``retry_after_s`` (lookups skip it at once meanwhile, so a dead Redis costs one budget, not one
-per request), then the next request tries again: reconnection is redis-py's own.
+Fails open: every Redis call runs inside the lookup budget. An error, or consecutive timeouts that a
+PING confirms, marks the store down for ``retry_after_s`` (lookups skip it at once meanwhile, so a
+dead Redis costs a few budgets, not one per request), then the next request tries again:
+reconnection is redis-py's own.
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ class CacheService:
         self.retry_after_s = retry_after_s
         self.trip_after_timeouts = trip_after_timeouts
         self._timeouts = 0  # consecutive lookup/store timeouts
+        self._probe: asyncio.Task[None] | None = None  # is Redis really down? (see _failed)
         self.l1 = L1Cache(cfg.l1_max_bytes, l1_max_age_s)
         self.down_until = 0.0
         self.last_error: str | None = None
@@ -87,10 +89,31 @@ class CacheService:
         if op != "ping" and isinstance(exc, TimeoutError):
             # A saturated gateway's event loop can overrun the budget on a healthy Redis: skipping
             # the store for everyone after one such timeout turned a busy moment into a 40% miss
-            # rate (loadtests/README.md). Only consecutive timeouts, or a real error, trip it.
+            # rate, and a burst on a cold connection pool produced several at once
+            # (loadtests/README.md). So consecutive timeouts only start a probe: one PING with the
+            # store timeout; the store is skipped only if that fails too. Meanwhile each lookup
+            # still gives up after its own budget.
             self._timeouts += 1
-            if self._timeouts < self.trip_after_timeouts:
-                return
+            if self._timeouts >= self.trip_after_timeouts and self._probe is None:
+                self._probe = asyncio.get_running_loop().create_task(self._confirm_down(op))
+                self._tasks.add(self._probe)
+                self._probe.add_done_callback(self._tasks.discard)
+            return
+        self._trip(exc, op)
+
+    async def _confirm_down(self, op: str) -> None:
+        try:
+            async with asyncio.timeout(self.store.cfg.store_timeout_ms / 1000.0):
+                await self.store.ping()
+        except STORE_ERRORS as exc:
+            self._trip(exc, op)
+        else:
+            self._timeouts = 0
+        finally:
+            self._probe = None
+
+    def _trip(self, exc: BaseException, op: str) -> None:
+        """Skip the store for everyone for ``retry_after_s``; the next use after that re-checks it."""
         self._timeouts = 0
         self.down_until = time.monotonic() + self.retry_after_s
         self._recheck = True

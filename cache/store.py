@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import orjson
 from redis.asyncio import Redis
+from redis.driver_info import DriverInfo
 from redis.exceptions import ResponseError
 from redisvl.exceptions import RedisSearchError
 from redisvl.index import AsyncSearchIndex
@@ -99,6 +100,10 @@ class CacheStore:
             cfg.url, password=password, socket_connect_timeout=cfg.lookup_budget_ms / 1000.0,
             socket_timeout=cfg.store_timeout_ms / 1000.0, decode_responses=False,
             health_check_interval=0, retry_on_timeout=False,
+            # One DriverInfo for the whole pool: without it redis-py reads its own package metadata
+            # for every new connection (~2 ms of CPU each), and a burst of 32 lookups on a cold pool
+            # overran the lookup budget on that alone (loadtests/README.md).
+            driver_info=DriverInfo(),
         )
         self.name_prefix = f"{cfg.index_prefix}-idx{dim}-"
         self.key_prefix = f"{cfg.index_prefix}:e{dim}:"
