@@ -223,13 +223,11 @@ class CacheService:
             return found
         chosen, _score = decision
         try:
-            entry = await self._redis(self.store.get(chosen.entry_id), "fetch")
-        except STORE_ERRORS as exc:
-            self._failed(exc, "lookup")
+            answer = chosen.answer()
+        except ValueError:  # a damaged entry is one miss, not a reason to doubt the store
+            log.warning("cache entry %s holds no readable answer", chosen.entry_id)
             return found
-        if entry is None:  # expired between KNN and fetch
-            return found
-        return Lookup(CacheHit(entry.answer, "semantic", chosen.similarity, time.time() - entry.created,
+        return Lookup(CacheHit(answer, "semantic", chosen.similarity, time.time() - chosen.created,
                                chosen.entry_id), vector)
 
     async def _decide(self, plan: CachePlan, neighbours: list[Neighbour]) -> tuple[Neighbour, float] | None:

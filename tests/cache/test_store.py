@@ -197,6 +197,23 @@ async def test_knn_orders_best_first_with_similarity(make_store) -> None:
         assert h.query == "q " + h.entry_id.split(":", 1)[1] and h.created > 0
 
 
+@pytest.mark.parametrize("protocol", [3, 2])
+async def test_knn_carries_each_neighbours_answer_intact(make_store, redis_url: str, protocol: int) -> None:
+    """A semantic hit is served from the KNN reply itself, so the answers must come back byte-exact:
+    a long one (stored zlib-compressed: binary) and a short one (raw JSON), over RESP3 and RESP2."""
+    from redis.asyncio import Redis
+
+    s = make_store()
+    s.redis = Redis.from_url(redis_url, protocol=protocol)
+    await s.ensure_index()
+    long_text = "Paris is the capital of France. " * 60 + "\u00e9\u00e8 \U0001f600 \x00"
+    await put(s, "long", at_cos(0.99), tags(), text=long_text)
+    await put(s, "short", at_cos(0.95), tags(), text="Madrid.")
+    assert encode_answer(answer(long_text))[:1] == b"z"  # the binary case really is exercised
+    hits = await s.knn(E1, tags(), 3)
+    assert [h.answer() for h in hits] == [answer(long_text), answer("Madrid.")]
+
+
 @pytest.mark.parametrize("tag", SCOPE_TAGS)
 async def test_knn_needs_every_scoping_tag_equal(make_store, tag: str) -> None:
     s = make_store()
