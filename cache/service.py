@@ -212,6 +212,7 @@ class CacheService:
         except STORE_ERRORS as exc:
             self._failed(exc, "lookup")
             return found
+        self._ok()
         neighbours = [n for n in neighbours if self._fresh(n.created, plan)]
         if not neighbours:
             return found

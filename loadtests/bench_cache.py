@@ -95,7 +95,7 @@ def main() -> int:
         up = stack.enter_context(fake_upstream())
         print(f"Redis {redis}; fake upstream {up}")
         layers = (("exact (L1)", 64 << 20, True), ("exact (Redis)", 0, True), ("semantic", 64 << 20, True),
-                  ("semantic, speculative upstream off", 64 << 20, False))
+                  ("semantic (speculative upstream off)", 64 << 20, False))
         for layer, l1, speculate in layers:
             if args.only and not any(layer.startswith(o) for o in args.only.split(",")):
                 continue

@@ -12,6 +12,7 @@ import hashlib
 import time
 import uuid
 from collections.abc import AsyncIterator, Coroutine
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -154,12 +155,19 @@ async def _handle(request: Request, gw: Gateway, kind: str, tenant: str) -> Resp
         if isinstance(outcome, Response):  # vLLM refused the request: its error, passed on
             outcome.headers.update(cache_headers(result))
             return outcome
-        replica, resp = outcome
         assembler = StreamAssembler(kind, hide_usage=not wants_usage)
-        return _relay_stream(gw, path, replica, resp, plan, lookup, assembler, result, started)
+        return _relay_stream(gw, path, outcome, plan, lookup, assembler, result, started)
     status, data, ctype = outcome
     metrics.REQUEST_SECONDS.labels(path, result).observe(time.perf_counter() - started)
     return Response(data, status, media_type=ctype, headers=cache_headers(result))
+
+
+@dataclass(frozen=True, slots=True)
+class OpenedStream:
+    """A streamed upstream response that answered 200, and the replica it holds until it is closed."""
+
+    replica: Replica
+    resp: UpstreamResponse
 
 
 def _abandon(gw: Gateway, task: asyncio.Task[Any] | None) -> None:
@@ -175,10 +183,9 @@ def _abandon(gw: Gateway, task: asyncio.Task[Any] | None) -> None:
     if task.exception() is not None:  # retrieved: an upstream error matters to no one now
         return
     outcome = task.result()
-    if isinstance(outcome, tuple) and len(outcome) == 2 and isinstance(outcome[1], UpstreamResponse):
-        replica, resp = outcome
-        resp.close()
-        gw.router.release(replica, True)
+    if isinstance(outcome, OpenedStream):
+        outcome.resp.close()
+        gw.router.release(outcome.replica, True)
 
 
 async def _generate(gw: Gateway, path: str, affinity: str, data: bytes, plan: CachePlan | None,
@@ -277,8 +284,7 @@ def _after_answer(gw: Gateway, plan: CachePlan | None, lookup: Lookup, answer: d
             gw.cache.store_later(plan, answer, lookup.embedding)
 
 
-async def _open_stream(gw: Gateway, path: str, affinity: str,
-                       data: bytes) -> tuple[Replica, UpstreamResponse] | Response:
+async def _open_stream(gw: Gateway, path: str, affinity: str, data: bytes) -> OpenedStream | Response:
     """Send a streamed request; the open response to relay, or vLLM's refusal as a Response."""
     replica = gw.router.choose(affinity)
     try:
@@ -291,7 +297,7 @@ async def _open_stream(gw: Gateway, path: str, affinity: str,
         gw.router.release(replica, True)
         raise
     if resp.status == 200:
-        return replica, resp
+        return OpenedStream(replica, resp)
     try:
         payload = await resp.read()
     finally:
@@ -302,8 +308,10 @@ async def _open_stream(gw: Gateway, path: str, affinity: str,
     return Response(payload, status, media_type=ctype)
 
 
-def _relay_stream(gw: Gateway, path: str, replica: Replica, resp: UpstreamResponse, plan: CachePlan | None,
+def _relay_stream(gw: Gateway, path: str, opened: OpenedStream, plan: CachePlan | None,
                   lookup: Lookup, assembler: StreamAssembler, result: str, started: float) -> Response:
+    replica, resp = opened.replica, opened.resp
+
     async def relay() -> AsyncIterator[bytes]:
         failed = False  # the upstream's fault; a client leaving is not, and must not eject the replica
         first = True
