@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -95,6 +96,11 @@ def create_app(settings: Settings, *, embedder: Embedder | None = None) -> FastA
         if cache is not None and settings.cache.decision.judge.enabled:
             cache.judge = partial(generation.ask_judge, gw)
         await catalog.refresh()
+        # torch, transformers and the models leave ~500k long-lived objects that every full GC pass
+        # walked: a ~270 ms stall of every request each few thousand requests (the p99 of exact hits
+        # at concurrency 32 was 231-291 ms). Frozen, they are never scanned again.
+        gc.collect()
+        gc.freeze()
         try:
             yield
         finally:
