@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
-import httpx
+import aiohttp
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric, SummaryMetricFamily
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector, CollectorRegistry
@@ -126,7 +126,7 @@ class VllmMetrics(Collector):
         headers: Mapping[str, str] | None = None,
         clock: Callable[[], float] = time.monotonic,
         timeout_s: float | None = None,
-        client: httpx.AsyncClient | None = None,
+        client: aiohttp.ClientSession | None = None,
     ) -> None:
         self.interval_s = interval_s
         self.max_age_s = 2.0 * interval_s  # older snapshots are not used for routing nor exported
@@ -173,11 +173,12 @@ class VllmMetrics(Collector):
         if self._client is None:
             self._client = self._new_client()
         try:
-            resp = await self._client.get(f"{url}/metrics", headers=self._headers, timeout=self.timeout_s)
-            resp.raise_for_status()
-            text = resp.text
+            async with self._client.get(f"{url}/metrics", headers=self._headers,
+                                        timeout=aiohttp.ClientTimeout(total=self.timeout_s)) as resp:
+                resp.raise_for_status()
+                text = await resp.text()
             snap = snapshot_from_text(text, self._clock(), self.in_flight_of(url))
-        except (httpx.HTTPError, ValueError) as exc:
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             now = self._clock()
             if now - self._warned_at.get(url, -math.inf) >= WARN_EVERY_S:  # a slow replica must not flood the log
                 self._warned_at[url] = now
@@ -192,9 +193,10 @@ class VllmMetrics(Collector):
         """Scrape every target concurrently."""
         await asyncio.gather(*(self.scrape(u) for u in list(self._targets)))
 
-    def _new_client(self) -> httpx.AsyncClient:
-        # trust_env=False: replica traffic stays in-cluster, never through an HTTP(S)_PROXY
-        return httpx.AsyncClient(trust_env=False, limits=httpx.Limits(max_connections=32, max_keepalive_connections=16))
+    def _new_client(self) -> aiohttp.ClientSession:
+        # aiohttp like the upstream client (serving/upstream.py); its trust_env defaults to False, so
+        # replica traffic stays in-cluster, never through an HTTP(S)_PROXY
+        return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=32))
 
     async def start(self) -> None:
         """Start scraping in the background."""
@@ -209,7 +211,7 @@ class VllmMetrics(Collector):
                 await self._task
             self._task = None
         if self._own_client and self._client is not None:
-            await self._client.aclose()
+            await self._client.close()
             self._client = None
 
     async def _loop(self) -> None:

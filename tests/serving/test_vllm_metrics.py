@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 
 import httpx
@@ -121,10 +122,11 @@ def test_collector_exports_per_replica() -> None:
 @pytest.fixture
 async def fake_vllm() -> AsyncIterator[dict[str, object]]:
     """A local /metrics endpoint whose body and status the test sets."""
-    state: dict[str, object] = {"body": SYNTHETIC, "status": 200, "hits": 0}
+    state: dict[str, object] = {"body": SYNTHETIC, "status": 200, "hits": 0, "delay_s": 0.0}
 
     async def metrics(_: web.Request) -> web.Response:
         state["hits"] = int(state["hits"]) + 1  # type: ignore[call-overload]
+        await asyncio.sleep(float(state["delay_s"]))  # type: ignore[arg-type]
         return web.Response(text=str(state["body"]), status=int(state["status"]))  # type: ignore[call-overload]
 
     app = web.Application()
@@ -155,6 +157,27 @@ async def test_scrape_success_and_failure(fake_vllm: dict[str, object]) -> None:
         assert await metrics.scrape(url) is None
         assert registry.get_sample_value("cachestack_vllm_scrape_up", {"replica": url}) == 0.0
         assert metrics.get(url) is snap  # the last good one is kept until it goes stale
+    finally:
+        await metrics.aclose()
+
+
+async def test_a_hanging_replica_costs_one_timeout(fake_vllm: dict[str, object]) -> None:
+    """A /metrics that never answers (a fault vLLM cannot be asked for) is given up after the scrape
+    timeout and reported down; the next answer brings it back."""
+    url = str(fake_vllm["url"])
+    metrics = VllmMetrics(5.0, timeout_s=0.2)
+    metrics.set_targets([url])
+    registry = CollectorRegistry()
+    metrics.register(registry)
+    try:
+        fake_vllm["delay_s"] = 3.0
+        started = time.monotonic()
+        assert await metrics.scrape(url) is None
+        assert time.monotonic() - started < 1.5
+        assert registry.get_sample_value("cachestack_vllm_scrape_up", {"replica": url}) == 0.0
+        fake_vllm["delay_s"] = 0.0
+        assert await metrics.scrape(url) is not None
+        assert registry.get_sample_value("cachestack_vllm_scrape_up", {"replica": url}) == 1.0
     finally:
         await metrics.aclose()
 
