@@ -31,7 +31,11 @@ def resolve_model_path(model: str) -> str:
 
 
 class Embedder:
-    """A loaded sentence-transformers model; ``encode`` returns unit-length float32 rows."""
+    """A loaded sentence-transformers model; ``encode`` returns unit-length float32 rows.
+
+    ``backend="onnx"`` (the default) runs without torch (cache/onnx_encoder.py); ``"torch"`` loads the
+    model with sentence-transformers itself, for models the ONNX path does not support.
+    """
 
     def __init__(
         self,
@@ -44,29 +48,39 @@ class Embedder:
     ) -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        self.name = model
+        self.backend = backend
+        path = resolve_model_path(model)
+        self._onnx = None
+        self.model = None
+        if backend == "onnx":
+            from cache.onnx_encoder import OnnxEncoder
+
+            if not Path(path).is_dir():  # a hub name: its copy in the local Hugging Face cache
+                from huggingface_hub import snapshot_download
+
+                path = snapshot_download(path, local_files_only=True)
+            self._onnx = OnnxEncoder(path, onnx_dir, threads=threads or 1)
+            self.dim: int = self._onnx.dim
+            return
         from sentence_transformers import SentenceTransformer
 
         if threads:
             import torch
 
             torch.set_num_threads(threads)
-        self.name = model
-        path = resolve_model_path(model)
         self.model = SentenceTransformer(path, device=device, local_files_only=True)
-        self._onnx = None
-        if backend == "onnx":
-            from cache.onnx_encoder import OnnxEncoder
-
-            self._onnx = OnnxEncoder(self.model, path, onnx_dir, threads=threads or 1)
-        self.backend = backend
         getdim = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
-        self.dim: int = int(getdim() or self.model.encode(["dimension probe"]).shape[1])
+        self.dim = int(getdim() or self.model.encode(["dimension probe"]).shape[1])
 
     def encode(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
         """Embed a batch (blocking CPU work): shape (len(texts), dim), float32, L2-normalised."""
+        if not texts:
+            return np.zeros((0, self.dim), np.float32)
         if self._onnx is not None:
             return np.vstack([self._onnx.encode(list(texts[i:i + batch_size]))
-                              for i in range(0, len(texts), batch_size)]) if texts else np.zeros((0, self.dim), np.float32)
+                              for i in range(0, len(texts), batch_size)])
+        assert self.model is not None
         vecs = self.model.encode(
             list(texts),
             batch_size=batch_size,

@@ -6,6 +6,7 @@ also on Ctrl-C and on an exception, so no orphan keeps a port or a GiB of KV cac
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -63,22 +64,46 @@ class Child:
         return self.proc is not None and self.proc.poll() is None
 
     def stop(self, grace_s: float = 10.0) -> None:
-        if self.proc is None or self.proc.poll() is not None:
+        """SIGTERM the child's whole process group and wait for all of it, not just the leader: vLLM's
+        engine core and resource tracker outlive the API server by a moment, and returning before they
+        are gone left them running after ``cachestack up`` had exited. SIGKILL what outstays ``grace_s``."""
+        if self.proc is None:
             return
+        pgid = self.proc.pid
+        deadline = time.monotonic() + grace_s
         try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(grace_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(5)
+            os.killpg(pgid, signal.SIGTERM)
         except ProcessLookupError:
             pass
+        while _group_alive(pgid) and time.monotonic() < deadline:
+            self.proc.poll()  # reap the leader as soon as it exits
+            time.sleep(0.05)
+        if _group_alive(pgid):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pgid, signal.SIGKILL)
+            end = time.monotonic() + 5
+            while _group_alive(pgid) and time.monotonic() < end:
+                self.proc.poll()
+                time.sleep(0.05)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(1)
 
     def tail(self, lines: int = 20) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return ""
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether any process of the group still exists (a zombie counts until someone reaps it)."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def valkey_child(port: int, log_dir: Path) -> Child:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -154,10 +157,32 @@ def test_onnx_backend_agrees_with_torch_to_1e5(tmp_path):
     from cache.embedder import Embedder
 
     texts = ["What is RAG?", "Can you explain retrieval-augmented generation?", "enable 2FA", "disable 2FA",
-             "How do I reset my password?", "what's the capital city of France"]
+             "How do I reset my password?", "what's the capital city of France", "ÉCOLE Straße naïve",
+             "a long question " * 120]  # > 256 tokens: truncated the way sentence-transformers does
     onnx = Embedder(backend="onnx", onnx_dir=str(tmp_path))
     torch_ = Embedder(backend="torch")
     a, b = onnx.encode(texts), torch_.encode(texts)
     assert a.shape == b.shape == (len(texts), 384)
     assert float(abs(a @ a.T - b @ b.T).max()) < 1e-5
     assert list(tmp_path.glob("*.onnx"))  # exported once, kept for the next start
+
+
+def test_onnx_backend_serves_without_torch(tmp_path):
+    """Serving never imports torch (~600 MB of the gateway's memory): once the graph is exported, a
+    fresh process embeds with onnxruntime and tokenizers alone, and gets the same vectors."""
+    import subprocess
+    import sys
+
+    from cache.embedder import Embedder
+
+    texts = ["What is RAG?", "what's the capital city of France"]
+    expected = Embedder(backend="onnx", onnx_dir=str(tmp_path)).encode(texts)  # exports to tmp_path
+    code = ("import sys, json; from cache.embedder import Embedder; "
+            f"v = Embedder(onnx_dir={str(tmp_path)!r}).encode({texts!r}); "
+            "print(json.dumps({'torch': 'torch' in sys.modules, 'st': 'sentence_transformers' in sys.modules, "
+            "'v': v.tolist()}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[2], env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["torch"] is False and got["st"] is False
+    assert np.allclose(np.array(got["v"], dtype=np.float32), expected, atol=1e-6)
