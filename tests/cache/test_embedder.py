@@ -168,21 +168,24 @@ def test_onnx_backend_agrees_with_torch_to_1e5(tmp_path):
 
 
 def test_onnx_backend_serves_without_torch(tmp_path):
-    """Serving never imports torch (~600 MB of the gateway's memory): once the graph is exported, a
-    fresh process embeds with onnxruntime and tokenizers alone, and gets the same vectors."""
+    """Serving never imports torch (~450 MB of the gateway's memory): a fresh process with no exported
+    graph yet exports it in a child process, then embeds with onnxruntime and tokenizers alone, and
+    gets the same vectors as the in-process embedder."""
     import subprocess
     import sys
 
     from cache.embedder import Embedder
 
     texts = ["What is RAG?", "what's the capital city of France"]
-    expected = Embedder(backend="onnx", onnx_dir=str(tmp_path)).encode(texts)  # exports to tmp_path
+    expected = Embedder(backend="onnx", onnx_dir=str(tmp_path / "here")).encode(texts)
+    fresh = tmp_path / "fresh"
     code = ("import sys, json; from cache.embedder import Embedder; "
-            f"v = Embedder(onnx_dir={str(tmp_path)!r}).encode({texts!r}); "
+            f"v = Embedder(onnx_dir={str(fresh)!r}).encode({texts!r}); "
             "print(json.dumps({'torch': 'torch' in sys.modules, 'st': 'sentence_transformers' in sys.modules, "
             "'v': v.tolist()}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parents[2], env={**os.environ, "HF_HUB_OFFLINE": "1"})
     got = json.loads(out.stdout.strip().splitlines()[-1])
     assert got["torch"] is False and got["st"] is False
+    assert list(fresh.glob("*.onnx"))  # it did export, in a child process
     assert np.allclose(np.array(got["v"], dtype=np.float32), expected, atol=1e-6)
