@@ -104,7 +104,10 @@ class CacheStore:
             with open(cfg.password_file) as fh:
                 password = fh.read().strip() or None
         self.redis = client or Redis.from_url(
-            cfg.url, password=password, socket_connect_timeout=cfg.lookup_budget_ms / 1000.0,
+            # Lookups are held to their budget by the service (asyncio.timeout), so the sockets may wait
+            # longer: with a connect timeout of one lookup budget, a burst on a saturated loop failed
+            # the confirming PING too, and the cache switched off while Redis was fine.
+            cfg.url, password=password, socket_connect_timeout=cfg.store_timeout_ms / 1000.0,
             socket_timeout=cfg.store_timeout_ms / 1000.0, decode_responses=False,
             health_check_interval=0, retry_on_timeout=False,
             # One DriverInfo for the whole pool: without it redis-py reads its own package metadata

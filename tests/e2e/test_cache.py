@@ -458,3 +458,41 @@ def test_llm_judge_asks_the_served_model_about_borderline_pairs(gateway_factory,
     after = verdicts()
     assert sum(after[v] - before[v] for v in ("yes", "no", "unsure")) == 1
     assert after["error"] == before["error"]
+
+
+def test_a_burst_on_a_cold_connection_pool_keeps_the_cache_on(gateway_factory, vllm_url, redis_url):
+    """64 concurrent exact lookups (L1 off, so each one is a Redis GET) on a fresh gateway open 64
+    connections at once. That used to overrun the lookup budget (redis-py read its package metadata
+    for each connection) and switch the cache off for everyone; now the store stays in use, and a
+    timeout would only have cost its own request."""
+    import re
+    from concurrent.futures import ThreadPoolExecutor
+
+    import uuid
+
+    prefix = f"burst{uuid.uuid4().hex[:8]}"
+    warm = gateway_factory(vllm_url, redis_url, cache=namespaces(), redis={"index_prefix": prefix})
+    ask_stored(warm, FRANCE)  # the entry, written through another gateway
+    # the production budget (the session's gateways get a generous one against CPU contention)
+    gw = gateway_factory(vllm_url, redis_url, cache={**namespaces(), "l1_max_bytes": 0},
+                         redis={"index_prefix": prefix, "lookup_budget_ms": 50})
+    body = {"model": MODEL, "temperature": 0, "max_tokens": 24,
+            "messages": [{"role": "user", "content": FRANCE}]}
+    post = lambda _: httpx.post(gw.url + "/v1/chat/completions", json=body, timeout=60,  # noqa: E731
+                                headers={"cache-control": "no-store"})
+
+    def store_down() -> float:  # the registry is the process's: other tests' gateways count here too
+        m = re.search(r'^cachestack_cache_bypass_total\{reason="store_down"\} ([0-9.]+)$',
+                      httpx.get(gw.url + "/metrics").text, re.M)
+        return float(m.group(1)) if m else 0.0
+
+    before = store_down()
+    with ThreadPoolExecutor(64) as pool:
+        answers = list(pool.map(post, range(64)))
+    assert all(r.status_code == 200 for r in answers)
+    assert store_down() == before
+    assert httpx.get(gw.url + "/ready").json()["cache"] != "degraded"
+    # Lookups that overran the budget while 64 client threads shared this process went upstream one by
+    # one; the rest hit, and the next request hits: the cache stayed on for everyone.
+    assert any(r.headers["x-cache"] == "HIT" for r in answers)
+    assert post(0).headers["x-cache"] == "HIT"
