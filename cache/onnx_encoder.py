@@ -40,8 +40,9 @@ class OnnxEncoder:
 
     Serving never loads torch: the graph, tokenizer and pooling come from the model folder and the
     export cache. The first start of a model (no cached graph yet) exports it with torch in a child
-    process, so not even that leaves torch in the gateway. Measured (embedder and verifier loaded): 707 MB RSS and 508k GC-tracked objects with torch and
-    the sentence-transformers model, 257 MB and 94k without; the embedder loads in 0.26 s.
+    process, so not even that leaves torch in the gateway. Measured (embedder and verifier loaded):
+    707 MB RSS and 508k GC-tracked objects with torch and the sentence-transformers model, 257 MB and
+    94k without; the embedder loads in 0.26 s.
     """
 
     def __init__(self, model_dir: str, cache_dir: str, threads: int = 1) -> None:

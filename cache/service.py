@@ -90,25 +90,21 @@ class CacheService:
             # A saturated gateway's event loop can overrun the budget on a healthy Redis: skipping
             # the store for everyone after one such timeout turned a busy moment into a 40% miss
             # rate, and a burst on a cold connection pool produced several at once
-            # (loadtests/README.md). So consecutive timeouts only start a probe: one PING with the
+            # (loadtests/README.md). So consecutive timeouts only start a probe: check() with the
             # store timeout; the store is skipped only if that fails too. Meanwhile each lookup
             # still gives up after its own budget.
             self._timeouts += 1
             if self._timeouts >= self.trip_after_timeouts and self._probe is None:
-                self._probe = asyncio.get_running_loop().create_task(self._confirm_down(op))
+                self._probe = asyncio.get_running_loop().create_task(self._confirm_down())
                 self._tasks.add(self._probe)
                 self._probe.add_done_callback(self._tasks.discard)
             return
         self._trip(exc, op)
 
-    async def _confirm_down(self, op: str) -> None:
+    async def _confirm_down(self) -> None:
+        """The readiness check with the store timeout: it trips the store if Redis does not answer."""
         try:
-            async with asyncio.timeout(self.store.cfg.store_timeout_ms / 1000.0):
-                await self.store.ping()
-        except STORE_ERRORS as exc:
-            self._trip(exc, op)
-        else:
-            self._timeouts = 0
+            await self.check(self.store.cfg.store_timeout_ms / 1000.0)
         finally:
             self._probe = None
 

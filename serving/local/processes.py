@@ -88,22 +88,15 @@ class Child:
         are gone left them running after ``cachestack up`` had exited. SIGKILL what outstays ``grace_s``."""
         if self.proc is None:
             return
-        pgid = self.proc.pid
-        deadline = time.monotonic() + grace_s
-        try:
-            os.killpg(pgid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        while _group_alive(pgid) and time.monotonic() < deadline:
-            self.proc.poll()  # reap the leader as soon as it exits
-            time.sleep(0.05)
-        if _group_alive(pgid):
+        for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(pgid, signal.SIGKILL)
-            end = time.monotonic() + 5
-            while _group_alive(pgid) and time.monotonic() < end:
-                self.proc.poll()
+                os.killpg(self.proc.pid, sig)
+            deadline = time.monotonic() + wait_s
+            while _group_alive(self.proc.pid) and time.monotonic() < deadline:
+                self.proc.poll()  # reap the leader as soon as it exits
                 time.sleep(0.05)
+            if not _group_alive(self.proc.pid):
+                break
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(1)
 
@@ -120,8 +113,8 @@ def _group_alive(pgid: int) -> bool:
         os.killpg(pgid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
-        return True
+    except PermissionError:  # it exists, under another user
+        pass
     return True
 
 
