@@ -62,6 +62,8 @@ class Embedder:
                 path = snapshot_download(path, local_files_only=True)
             self._onnx = OnnxEncoder(path, onnx_dir, threads=threads or 1)
             self.dim: int = self._onnx.dim
+            self.max_tokens: int = self._onnx.max_length
+            self.identity = f"onnx:{self._onnx.path.name}"  # the graph's name carries a digest of the weights
             return
         from sentence_transformers import SentenceTransformer
 
@@ -72,6 +74,15 @@ class Embedder:
         self.model = SentenceTransformer(path, device=device, local_files_only=True)
         getdim = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
         self.dim = int(getdim() or self.model.encode(["dimension probe"]).shape[1])
+        self.max_tokens = int(self.model.max_seq_length)
+        self.identity = f"torch:{path}"
+
+    def token_counts(self, texts: Sequence[str]) -> list[int]:
+        """Tokens each text is (special tokens included, before truncation): usage, and the input limit."""
+        if self._onnx is not None:
+            return self._onnx.token_counts(list(texts))
+        assert self.model is not None
+        return [len(ids) for ids in self.model.tokenizer(list(texts), add_special_tokens=True)["input_ids"]]
 
     def encode(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
         """Embed a batch (blocking CPU work): shape (len(texts), dim), float32, L2-normalised."""
@@ -101,6 +112,7 @@ class MicroBatcher:
 
     def __init__(self, embedder: Embedder, batch_wait_ms: float = 0.0, max_batch: int = 64) -> None:
         self.embedder = embedder
+        self.max_batch = max_batch
         self._batcher: Batcher[str, np.ndarray] = Batcher(lambda texts: self.embedder.encode(texts),
                                                           name="embed", wait_ms=batch_wait_ms, max_batch=max_batch)
 

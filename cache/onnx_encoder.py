@@ -52,6 +52,9 @@ class OnnxEncoder:
         root = Path(model_dir)
         self.pooling, self.max_length = _read_sentence_transformers_config(root)
         self.tokenizer = Tokenizer.from_file(str(root / "tokenizer.json"))
+        self.counter = Tokenizer.from_file(str(root / "tokenizer.json"))  # whole texts: counts, no padding
+        self.counter.no_truncation()
+        self.counter.no_padding()
         # tokenizer.json may carry fixed-length padding and its own truncation (all-MiniLM-L6-v2 pads
         # every text to 128): use sentence-transformers' settings instead, padding to the batch's longest
         self.tokenizer.enable_truncation(max_length=self.max_length)
@@ -71,6 +74,10 @@ class OnnxEncoder:
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.path = path
         self.dim = int(self.encode(["dimension probe"]).shape[1])
+
+    def token_counts(self, texts: list[str]) -> list[int]:
+        """Tokens each text is, special tokens included, before truncation."""
+        return [len(e.ids) for e in self.counter.encode_batch(texts)]
 
     def encode(self, texts: list[str]) -> np.ndarray:
         encs = self.tokenizer.encode_batch(texts)

@@ -163,6 +163,32 @@ class CacheService:
                 self._count_savings(plan.model, result.hit.answer)
         return result
 
+    async def guarded(self, call: Callable[[], Awaitable[T]], stage: str, timeout_s: float | None = None) -> T | None:
+        """One store round trip for a cache built on this one (cache/vectors.py), failing open exactly
+        like a lookup: None when the store is being skipped, or the call fails or overruns its time
+        (``timeout_s``, default the lookup budget)."""
+        if self.degraded:
+            metrics.BYPASSES.labels("store_down").inc()
+            return None
+        if self._recheck and not await self.check():
+            return None
+        t = time.perf_counter()
+        try:
+            async with asyncio.timeout(timeout_s or self.budget_s):
+                result = await call()
+        except STORE_ERRORS as exc:
+            self._failed(exc, "lookup")
+            return None
+        metrics.STAGE_SECONDS.labels(stage).observe(time.perf_counter() - t)
+        self._ok()
+        return result
+
+    def spawn(self, work: Awaitable[None]) -> None:
+        """Run background work (a store) that :meth:`drain` waits for."""
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     def _fresh(self, created: float, plan: CachePlan) -> bool:
         return plan.max_age is None or time.time() - created <= plan.max_age
 

@@ -22,14 +22,16 @@ from cache.decision import DecisionRule, ThresholdRule
 from cache.embedder import Embedder, MicroBatcher, embedder_from_config
 from cache.service import CacheService
 from cache.store import CacheStore
+from cache.vectors import VectorCache
 from serving import generation, metrics
 from serving.auth import Authenticator
 from serving.catalog import ModelCatalog
 from serving.config import Settings
+from serving.embeddings import Embeddings, LocalModel, local_name
 from serving.prefix_hygiene import PrefixHygiene
 from serving.protocol import OpenAIError, error_body
 from serving.router import Router
-from serving.routes import admin, chat, completions, models, ops
+from serving.routes import admin, chat, completions, embeddings, models, ops
 from serving.singleflight import SingleFlight
 from serving.upstream import UpstreamClient
 
@@ -48,6 +50,7 @@ class Gateway:
     cache: CacheService | None
     singleflight: SingleFlight
     hygiene: PrefixHygiene | None
+    embeddings: Embeddings
     in_flight: dict[str, int] = field(default_factory=dict)  # per tenant, for max_in_flight_per_tenant
 
 
@@ -61,20 +64,38 @@ def build_rule(settings: Settings) -> DecisionRule:
     return factory(settings.cache.decision)
 
 
-async def build_cache(settings: Settings, embedder: Embedder | None = None) -> CacheService | None:
-    if not settings.cache.enabled:
+async def build_cache(settings: Settings, batcher: MicroBatcher | None) -> CacheService | None:
+    if not settings.cache.enabled or batcher is None:
         return None
-    e = settings.embedder
-    if embedder is None:
-        embedder = await asyncio.to_thread(embedder_from_config, e)
-    store = CacheStore(settings.redis, embedder.dim)
-    service = CacheService(settings.cache, store, MicroBatcher(embedder, e.batch_wait_ms, e.max_batch),
+    store = CacheStore(settings.redis, batcher.embedder.dim)
+    service = CacheService(settings.cache, store, batcher,
                            build_rule(settings), budget_ms=settings.redis.lookup_budget_ms,
                            retry_after_s=settings.redis.retry_after_s,
                            trip_after_timeouts=settings.redis.trip_after_timeouts)
     if not await service.check(timeout_s=settings.redis.store_timeout_ms / 1000.0):
         log.warning("cache store not reachable at start; serving without it until it answers")
     return service
+
+
+async def build_embedder(settings: Settings, embedder: Embedder | None) -> MicroBatcher | None:
+    """The one local embedder (cache lookups and /v1/embeddings share it), if either needs it."""
+    if not settings.cache.enabled and not settings.embeddings.local:
+        return None
+    e = settings.embedder
+    if embedder is None:
+        embedder = await asyncio.to_thread(embedder_from_config, e)
+    return MicroBatcher(embedder, e.batch_wait_ms, e.max_batch)
+
+
+def build_embeddings(settings: Settings, batcher: MicroBatcher | None, cache: CacheService | None) -> Embeddings:
+    e = settings.embeddings
+    local = None
+    if e.local and batcher is not None:
+        local = LocalModel(local_name(settings.embedder.model, e.local_name), batcher.embedder, batcher)
+    vectors = None
+    if e.cache and cache is not None:
+        vectors = VectorCache(cache, e.cache_ttl_s, settings.cache.l1_max_bytes // 4)
+    return Embeddings(local, vectors, e.max_inputs)
 
 
 def create_app(settings: Settings, *, embedder: Embedder | None = None) -> FastAPI:
@@ -90,9 +111,11 @@ def create_app(settings: Settings, *, embedder: Embedder | None = None) -> FastA
         metrics.LIVE_APP.attach(collectors)
         ph = settings.prefix_hygiene
         catalog = ModelCatalog(upstream, router, settings.upstreams.models_refresh_s)
-        cache = await build_cache(settings, embedder)
+        batcher = await build_embedder(settings, embedder)
+        cache = await build_cache(settings, batcher)
         gw = app.state.gw = Gateway(settings, Authenticator(settings.auth), upstream, router, catalog, cache,
-                                    SingleFlight(), PrefixHygiene(ph.window, ph.head_chars) if ph.enabled else None)
+                                    SingleFlight(), PrefixHygiene(ph.window, ph.head_chars) if ph.enabled else None,
+                                    build_embeddings(settings, batcher, cache))
         if cache is not None and settings.cache.decision.judge.enabled:
             cache.judge = partial(generation.ask_judge, gw)
         await catalog.refresh()
@@ -113,7 +136,7 @@ def create_app(settings: Settings, *, embedder: Embedder | None = None) -> FastA
             await upstream.aclose()
 
     app = FastAPI(title="cachestack", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
-    for module in (chat, completions, models, ops, admin):
+    for module in (chat, completions, embeddings, models, ops, admin):
         app.router.routes.extend(module.routes)
 
     @app.exception_handler(OpenAIError)
@@ -171,5 +194,5 @@ class RequestMetrics:
             path = getattr(scope.get("route"), "path", "unmatched")
             model = scope.get("state", {}).get("model", "none") if status < 400 or status >= 500 else "none"
             metrics.REQUESTS.labels(path, model, str(status)).inc()
-            if path not in ("/v1/chat/completions", "/v1/completions"):
+            if path not in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings"):
                 metrics.REQUEST_SECONDS.labels(path, "none").observe(time.perf_counter() - started)

@@ -129,6 +129,16 @@ class LocalStackConfig(Strict):
     data_dir: str = Field(".cachestack", description="converted models, logs; reused across runs")
 
 
+class EmbeddingsConfig(Strict):
+    """POST /v1/embeddings, served by the cache's own embedder."""
+
+    local: bool = Field(True, description="serve the cache's embedder (embedder.model) as a model of its own")
+    local_name: str | None = Field(None, description="its id in /v1/models; None: embedder.model's last path part")
+    max_inputs: int = Field(2048, ge=1, description="more inputs in one request get 400 (OpenAI's limit)")
+    cache: bool = Field(True, description="exact, tenant-scoped cache of vectors (needs cache.enabled and Redis)")
+    cache_ttl_s: int = Field(7 * 86_400, ge=1, description="how long a cached vector is kept")
+
+
 class Settings(BaseSettings):
     """Everything cachestack reads at start. Load with :func:`load_config`."""
 
@@ -141,6 +151,7 @@ class Settings(BaseSettings):
     redis: RedisConfig = RedisConfig()
     embedder: EmbedderConfig = EmbedderConfig()
     cache: CacheConfig = CacheConfig()
+    embeddings: EmbeddingsConfig = EmbeddingsConfig()
     auth: AuthConfig = AuthConfig()
     prefix_hygiene: PrefixHygieneConfig = PrefixHygieneConfig()
     local: LocalStackConfig = LocalStackConfig()

@@ -8,10 +8,10 @@ must reject early with a 400 that names the field.
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError, field_validator
 
 
 # pydantic puts the union member it tried into an error's location ("stop.str"): not a field name
@@ -97,7 +97,40 @@ class CompletionRequest(SamplingFields):
     logprobs: StrictInt | None = Field(None, ge=0, le=20)
 
 
-def parse_request(raw: bytes, model: type[SamplingFields]) -> tuple[dict[str, Any], SamplingFields]:
+class EmbeddingRequest(_Open):
+    """POST /v1/embeddings. ``input`` is one text, a list of texts, or token ids (one list or several)."""
+
+    model: str = Field(min_length=1)
+    input: StrictStr | list[StrictStr] | list[StrictInt] | list[list[StrictInt]]
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(None, ge=1)
+    user: str | None = None
+
+    @field_validator("input")
+    @classmethod
+    def _not_empty(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            if not value:
+                raise ValueError("input must not be an empty string")
+        elif not value:
+            raise ValueError("input must not be an empty list")
+        elif any(item == "" or item == [] for item in value):
+            raise ValueError("input must not contain an empty string or an empty token list")
+        return value
+
+    def texts(self) -> list[str] | None:
+        """The inputs as texts, or None when they are token ids."""
+        if isinstance(self.input, str):
+            return [self.input]
+        if isinstance(self.input[0], str):
+            return list(self.input)  # type: ignore[arg-type]
+        return None
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def parse_request(raw: bytes, model: type[M]) -> tuple[dict[str, Any], M]:
     """Decode and validate a request body; a 400 that names the offending field otherwise.
 
     Returns the decoded dict (forwarded as sent, extras included) and the validated model.

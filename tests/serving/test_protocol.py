@@ -144,3 +144,17 @@ def test_error_body_shape() -> None:
     e = OpenAIError(429, "slow down", "rate_limit_error", headers={"Retry-After": "2"})
     assert e.status == 429 and e.headers == {"Retry-After": "2"} and str(e) == "slow down"
     assert orjson.loads(e.body())["error"]["param"] is None
+
+
+def test_embedding_input_forms() -> None:
+    from serving.protocol import EmbeddingRequest
+
+    def parsed(inp: object) -> EmbeddingRequest:
+        return parse_request(orjson.dumps({"model": "m", "input": inp}), EmbeddingRequest)[1]
+
+    assert parsed("a").texts() == ["a"] and parsed(["a", "b"]).texts() == ["a", "b"]
+    assert parsed([1, 2]).texts() is None and parsed([[1], [2, 3]]).texts() is None
+    assert parsed("a").encoding_format == "float"
+    for bad in ([], "", ["a", ""], ["a", 1], [True], [[1], []], None):
+        e = err(orjson.dumps({"model": "m", "input": bad}), EmbeddingRequest)
+        assert e.param == "input"
