@@ -112,6 +112,9 @@ class CacheConfig(Strict):
     speculative_upstream: bool = Field(
         True, description="start the upstream call when the semantic stage begins, cancel it on a hit: a "
         "miss then waits for no embedding or KNN; a semantic hit costs the upstream one cancelled request")
+    responses_upstream_store: bool = Field(
+        False, description="vLLM runs with VLLM_ENABLE_RESPONSES_API_STORE=1: Responses requests with store true "
+        "or absent are then not cached (a replayed id could not be retrieved or continued)")
     decision: DecisionConfig = DecisionConfig()
     prices: dict[str, PriceConfig] = Field(
         default_factory=dict, description="model -> price per 1k tokens, for the savings metric"

@@ -20,7 +20,7 @@ import orjson
 # Fields that never change the generated text; everything else is context.
 NON_OUTPUT_FIELDS = frozenset(
     {"model", "messages", "prompt", "stream", "stream_options", "user", "metadata", "store",
-     "service_tier", "request_id", "priority", "cache_salt"}
+     "service_tier", "request_id", "priority", "cache_salt", "safety_identifier", "prompt_cache_key"}
 )
 
 # OpenAI's defaults: a field equal to its default hashes as if it were absent.
@@ -38,6 +38,14 @@ OPENAI_DEFAULTS: Mapping[str, Any] = {
     "stop": [],
     "logit_bias": {},
     "suffix": "",
+    # Responses API
+    "tools": [],
+    "tool_choice": "auto",
+    "truncation": "disabled",
+    "top_logprobs": 0,
+    "include": [],
+    "text": {"format": {"type": "text"}},
+    "background": False,
 }
 
 _WS = re.compile(r"\s+")
@@ -57,6 +65,9 @@ def normalise_query(text: str) -> str:
     return text.rstrip(" ?.。")
 
 
+_TEXT_PARTS = frozenset({"text", "input_text", "output_text"})  # chat's, and the Responses API's
+
+
 def message_text(content: Any) -> str | None:
     """The text of a message's content (a string, or a list of text parts); None if not all text."""
     if isinstance(content, str):
@@ -64,7 +75,7 @@ def message_text(content: Any) -> str | None:
     if isinstance(content, list):
         parts: list[str] = []
         for part in content:
-            if isinstance(part, Mapping) and part.get("type") == "text" and isinstance(part.get("text"), str):
+            if isinstance(part, Mapping) and part.get("type") in _TEXT_PARTS and isinstance(part.get("text"), str):
                 parts.append(part["text"])
             else:
                 return None
@@ -78,7 +89,7 @@ def canonical_params(body: Mapping[str, Any]) -> dict[str, Any]:
     for key, value in body.items():
         if key in NON_OUTPUT_FIELDS or value is None:
             continue
-        if key == "max_completion_tokens":
+        if key in ("max_completion_tokens", "max_output_tokens"):
             key = "max_tokens"
         if key == "stop" and isinstance(value, str):
             value = [value]

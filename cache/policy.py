@@ -8,6 +8,9 @@ The rules, most restrictive first (README "Cache policy" explains each):
   because a paraphrase match cannot vouch for tool calls, several samples or token probabilities.
 - a query longer than the embedder reads (``max_semantic_chars``): exact only, since two long
   queries that differ only past the truncation point would embed identically.
+- Responses API: ``instructions`` and the earlier input items are the context, the last user text the
+  query; ``previous_response_id``, ``background`` and (with an upstream that stores responses)
+  ``store`` make a request uncacheable (:func:`responses_state`).
 - ``Cache-Control: no-cache`` skips the lookup but stores; ``no-store`` skips the store;
   ``max-age=N`` accepts only entries younger than N seconds.
 """
@@ -80,6 +83,50 @@ class CachePlan:
     reason: str  # why a layer is off, for logs and tests
 
 
+RESPONSES_CONTEXT_FIELDS = frozenset({"input", "instructions"})
+
+
+def _items(body: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    value = body.get("input")
+    return [item for item in value if isinstance(item, Mapping)] if isinstance(value, list) else []
+
+
+def responses_context(body: Mapping[str, Any]) -> tuple[Any, str, bool, str]:
+    """(context, query, semantic, reason) of a Responses request: ``instructions`` and every input item
+    but a last user text are the context; that text (or a string ``input``) is the query. The context
+    is tagged with the API, so a Responses entry never answers a chat request of the same text."""
+    value = body.get("input")
+    instructions = body.get("instructions")
+    if isinstance(value, str):
+        return {"api": "responses", "instructions": instructions, "items": []}, normalise_query(value), True, ""
+    items = _items(body)
+    last = items[-1] if items else {}
+    is_message = last.get("type") in (None, "message")
+    text = message_text(last.get("content")) if is_message and last.get("role") == "user" else None
+    if text is None:
+        context = {"api": "responses", "instructions": instructions, "items": canonical_messages(items)}
+        return context, "", False, "last input item is not user text"
+    context = {"api": "responses", "instructions": instructions, "items": canonical_messages(items[:-1])}
+    return context, normalise_query(text), True, ""
+
+
+def responses_state(cfg: CacheConfig, body: Mapping[str, Any]) -> str:
+    """Why a Responses request must not be cached at all, or "" (README "Cache policy" explains).
+
+    ``previous_response_id`` continues a conversation held upstream under that id, and ``background``
+    runs detached from this request: neither can be answered by a replay. With an upstream that stores
+    responses (``cache.responses_upstream_store``), ``store`` true or absent (OpenAI's default) asks for a
+    response that can be retrieved and continued later, which a replayed id could not be.
+    """
+    if body.get("previous_response_id"):
+        return "previous_response_id: the context is upstream state"
+    if body.get("background"):
+        return "background response"
+    if cfg.responses_upstream_store and body.get("store") is not False:
+        return "store (true or absent) with an upstream that stores responses"
+    return ""
+
+
 def _effective_temperature(body: Mapping[str, Any]) -> float:
     t = body.get("temperature")
     return 1.0 if t is None else float(t)
@@ -116,6 +163,9 @@ def make_plan(
         else:
             context = canonical_messages(messages[:-1])
             query = normalise_query(last_text)
+    elif kind == "responses":
+        context, query, semantic, reason = responses_context(body)
+        head = not any(item.get("role") == "assistant" for item in _items(body)[:-1])
     else:
         prompt = body.get("prompt")
         if isinstance(prompt, str):
@@ -123,7 +173,8 @@ def make_plan(
         else:
             context, query, semantic, reason = prompt, "", False, "prompt is not one string"
 
-    params = canonical_params(body)
+    params = canonical_params({k: v for k, v in body.items() if k not in RESPONSES_CONTEXT_FIELDS}
+                              if kind == "responses" else body)
     if semantic:
         if ((body.get("n") or 1) > 1 or (body.get("logprobs") is not None and body.get("logprobs") is not False) or body.get("top_logprobs")
                 or body.get("tools")):
@@ -142,6 +193,11 @@ def make_plan(
             reason = "sampled request (temperature > 0) in a namespace with sampled: never"
         elif ns.sampled == "exact":
             semantic, reason = False, "sampled request: exact only"
+    if kind == "responses":
+        unshareable = responses_state(cfg, body)
+        if unshareable:
+            lookup = store = semantic = False
+            reason = unshareable
     if cc.no_cache:
         lookup = False
     if cc.no_store:

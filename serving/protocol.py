@@ -97,6 +97,42 @@ class CompletionRequest(SamplingFields):
     logprobs: StrictInt | None = Field(None, ge=0, le=20)
 
 
+class ResponseInputMessage(_Open):
+    """One item of a Responses ``input`` list: a message (``type`` "message" or absent) or another item
+    (function_call_output, ...), passed through to vLLM as it is."""
+
+    type: str | None = None
+    role: Literal["system", "developer", "user", "assistant"] | None = None
+    content: str | list[dict[str, Any]] | None = None
+
+
+class ResponsesRequest(_Open):
+    """POST /v1/responses. ``input`` is one user text or a list of items; ``instructions`` is the system
+    prompt. Fields the gateway keys on or refuses early are declared; the rest pass through to vLLM."""
+
+    model: str = Field(min_length=1)
+    input: StrictStr | list[ResponseInputMessage]
+    instructions: str | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None  # the chat flow reads it; Responses streams carry usage anyway
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    max_output_tokens: int | None = Field(None, ge=1)
+    previous_response_id: str | None = Field(None, min_length=1)
+    store: bool | None = None
+    background: bool | None = None
+    tools: list[dict[str, Any]] | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+    user: str | None = None
+
+    @field_validator("input")
+    @classmethod
+    def _not_empty(cls, value: Any) -> Any:
+        if not value:
+            raise ValueError("input must not be empty")
+        return value
+
+
 class EmbeddingRequest(_Open):
     """POST /v1/embeddings. ``input`` is one text, a list of texts, or token ids (one list or several)."""
 

@@ -307,3 +307,63 @@ def test_system_prompt_is_context() -> None:
 def test_query_normalised_for_exact_key() -> None:
     assert plan(chat(q="How do I reset my password?")).exact_key == plan(chat(q="  how do I RESET my password")).exact_key
     assert plan(chat(q="enable 2FA")).exact_key != plan(chat(q="disable 2FA")).exact_key
+
+
+# -- Responses API ---------------------------------------------------------------------------
+
+
+def responses(inp: Any = "How do I reset my password?", **params: Any) -> dict[str, Any]:
+    return {"model": "m", "input": inp, "temperature": 0, **params}
+
+
+def test_responses_string_input_is_the_query_and_instructions_the_context() -> None:
+    p = plan(responses(), kind="responses")
+    assert (p.lookup, p.store, p.semantic) == (True, True, True)
+    assert p.query == "how do i reset my password"
+    other = plan(responses(instructions="Answer in French."), kind="responses")
+    assert other.query == p.query and other.fingerprint != p.fingerprint
+
+
+def test_responses_message_list_splits_history_and_last_user_text() -> None:
+    turns = [{"role": "user", "content": "Let's talk about Spain."}, {"role": "assistant", "content": "Sure."},
+             {"role": "user", "content": [{"type": "input_text", "text": "What is its capital?"}]}]
+    p = plan(responses(turns), kind="responses")
+    assert p.query == "what is its capital" and p.semantic and not p.head
+    germany = [{**turns[0], "content": "Let's talk about Germany."}, *turns[1:]]
+    assert plan(responses(germany), kind="responses").fingerprint != p.fingerprint
+    # the same text as a string input has no history: a different context
+    assert plan(responses("What is its capital?"), kind="responses").fingerprint != p.fingerprint
+
+
+def test_responses_never_share_entries_with_chat() -> None:
+    r = plan(responses("Hello there"), kind="responses")
+    c = plan(chat("Hello there"))
+    assert r.query == c.query and r.exact_key != c.exact_key
+
+
+def test_responses_output_fields_are_in_the_fingerprint_and_defaults_are_not() -> None:
+    base = plan(responses(), kind="responses").fingerprint
+    assert plan(responses(max_output_tokens=20), kind="responses").fingerprint != base
+    assert plan(responses(text={"format": {"type": "json_object"}}), kind="responses").fingerprint != base
+    assert plan(responses(text={"format": {"type": "text"}}, truncation="disabled", store=True,
+                          metadata={"a": "b"}), kind="responses").fingerprint == base
+
+
+def test_responses_last_item_not_user_text_is_exact_only() -> None:
+    items = [{"role": "user", "content": "2+2?"}, {"type": "function_call_output", "call_id": "c1", "output": "4"}]
+    p = plan(responses(items), kind="responses")
+    assert (p.lookup, p.store, p.semantic) == (True, True, False) and p.query == ""
+
+
+@pytest.mark.parametrize("extra", [{"previous_response_id": "resp_1"}, {"background": True}])
+def test_responses_with_upstream_state_bypass(extra: dict[str, Any]) -> None:
+    p = plan(responses(**extra), kind="responses")
+    assert (p.lookup, p.store, p.semantic) == (False, False, False)
+
+
+def test_responses_store_matters_only_with_an_upstream_that_stores() -> None:
+    assert plan(responses(store=True), kind="responses").lookup  # vLLM's default: nothing is stored upstream
+    storing = CacheConfig(responses_upstream_store=True)
+    assert not plan(responses(), c=storing, kind="responses").lookup  # absent means true (OpenAI's default)
+    assert not plan(responses(store=True), c=storing, kind="responses").store
+    assert plan(responses(store=False), c=storing, kind="responses").lookup
