@@ -79,7 +79,7 @@ class Replica:
 
 
 def _part_text(part: Any) -> str:
-    if isinstance(part, Mapping) and part.get("type") == "text":
+    if isinstance(part, Mapping) and part.get("type") in ("text", "input_text"):
         text = part.get("text")
         return text if isinstance(text, str) else repr(text)
     return repr(part)
@@ -104,7 +104,8 @@ def affinity_text(body: Mapping[str, Any]) -> str:
     whole history), so turn 3 lands on the replica whose prefix cache already holds turns 1-2.
     ``model`` and ``cache_salt`` lead: vLLM shares no cached blocks across models or salts, so
     requests that differ there gain nothing from landing together. For completions requests, the
-    prompt itself (the router keeps only its first ``prefix_chars`` characters).
+    prompt itself (the router keeps only its first ``prefix_chars`` characters). For Responses
+    requests, the instructions and the input up to its first user message.
     """
     head: list[str] = []
     for key in ("model", "cache_salt"):
@@ -128,6 +129,15 @@ def affinity_text(body: Mapping[str, Any]) -> str:
         # chat templates render tools near the start, ahead of the conversation
         tools_part = ["tools:" + json.dumps(tools, default=repr, ensure_ascii=False)] if tools else []
         return "\n".join(head + lead + tools_part + turns)
+    if "input" in body and "prompt" not in body:  # Responses API: instructions lead, then the input
+        instructions = body.get("instructions")
+        lead = [instructions] if isinstance(instructions, str) else []
+        value = body.get("input")
+        if isinstance(value, list):
+            items = [m for m in value if isinstance(m, Mapping)]
+            first_user = next((i for i, m in enumerate(items) if m.get("role") == "user"), len(items) - 1)
+            value = "\n".join(_message_text(m) for m in items[:first_user + 1])
+        return "\n".join([*head, *lead, value if isinstance(value, str) else repr(value)])
     prompt = body.get("prompt")
     text = prompt if isinstance(prompt, str) else repr(prompt)
     return "\n".join([*head, text]) if head else text

@@ -74,6 +74,18 @@ def test_affinity_text_content_parts_and_completions() -> None:
     assert affinity_text({"prompt": [1, 2, 3]}) == "[1, 2, 3]"
 
 
+def test_affinity_text_of_responses_requests() -> None:
+    one = {"model": "m", "instructions": "Be terse.", "input": "What is APC?"}
+    assert affinity_text(one) == "model=m\nBe terse.\nWhat is APC?"
+    turns = [{"role": "user", "content": [{"type": "input_text", "text": "What is APC?"}]},
+             {"role": "assistant", "content": "Prefix caching."}]
+    t1 = affinity_text({"model": "m", "instructions": "Be terse.", "input": turns[:1]})
+    t2 = affinity_text({"model": "m", "instructions": "Be terse.",
+                        "input": [*turns, {"role": "user", "content": "Why?"}]})
+    assert t1 == t2 and "user:What is APC?" in t1 and "Why?" not in t2
+    assert affinity_text({**one, "cache_salt": "b"}) != affinity_text(one)
+
+
 # -- prefix-aware --------------------------------------------------------------------------------
 
 
