@@ -1,49 +1,162 @@
-"""A mixed workload for soak and capacity tests with locust (the benchmarks' exact numbers come from the
-bench_*.py scripts, whose load driver costs less CPU than locust's on 2 cores).
+"""cachestack's locust workloads: what each cache layer answers, how fast, with which tokens avoided and
+how many false hits (loadtests/README.md "Locust workloads" explains every option and field).
 
-    .venv/bin/locust -f loadtests/locustfile.py --host http://127.0.0.1:8080 --headless \
-        -u 32 -r 8 -t 60s --only-summary
+    .venv/bin/locust -f loadtests/locustfile.py --headless --scenario faq -u 16 -r 16 -t 60s \
+        --host http://127.0.0.1:8080
 
-Each request is named by its cache outcome (HIT exact, HIT semantic, MISS, BYPASS), so locust's table
-shows latency per outcome. Set CACHESTACK_MODEL (default smollm2) and CACHESTACK_API_KEY if needed.
+Scenarios (``--scenario``): faq, shared_prefix, chat_stream, mixed. At the end the master (or the single
+process) writes summary.json, summary.png, locust's CSVs and HTML report into ``--summary-dir``
+(default loadtests/out/<run id>/) and exits non-zero on any failed request or a false-hit rate above
+``--max-false-hit-rate``. Distributed runs (``--processes N``, or ``--master`` / ``--worker``) ship each
+worker's samples to the master with locust's stats reports; the master merges them.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import os
 import random
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
 
-from locust import FastHttpUser, between, task
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
 
-MODEL = os.environ.get("CACHESTACK_MODEL", "smollm2")
-KEY = os.environ.get("CACHESTACK_API_KEY", "unused")
-COUNTRIES = ["France", "Spain", "Italy", "Germany", "Japan", "Brazil", "Canada", "Egypt", "India", "Kenya"]
-FORMS = ["What is the capital of {c}?", "what's the capital city of {c}", "Which city is the capital of {c}?"]
+from locust import FastHttpUser, events, task
+from locust.runners import MasterRunner, WorkerRunner
+from locust.user.wait_time import constant_throughput
+
+from loadtests.workload.client import send_json, send_stream
+from loadtests.workload.pool import DEFAULT_POOL, Pool, ZipfSampler, load_pairs, load_pool
+from loadtests.workload.report import write_report
+from loadtests.workload.samples import Collector
+from loadtests.workload.scenarios import SCENARIOS, WARM_RUN_ID, Settings, Workload, run_seed
+
+COLLECTOR = Collector()
 
 
-class ChatUser(FastHttpUser):
-    wait_time = between(0.0, 0.05)
+@events.init_command_line_parser.add_listener
+def _options(parser: Any) -> None:
+    g = parser  # (an argument group would not take locust's include_in_web_ui)
+    g.add_argument("--scenario", choices=sorted(SCENARIOS), default="mixed", help="workload (default mixed)")
+    g.add_argument("--summary-dir", default="", help="where summary.json, the PNG, CSVs and HTML go "
+                   "(default loadtests/out/<run id>/)")
+    g.add_argument("--run-id", default="", help="names the run; default: UTC time + random suffix")
+    g.add_argument("--warm", action="store_true", default=False,
+                   help="reuse the cache of earlier --warm runs (default: every run starts cold)")
+    g.add_argument("--rate", type=float, default=0.0,
+                   help="open loop: scenario steps per second over all users (0: closed loop, no wait)")
+    g.add_argument("--pool", default=str(DEFAULT_POOL), help="faq intents, JSON Lines (loadtests/workload/pool.py)")
+    g.add_argument("--pairs", default="", help="labelled pair file to build the pool from instead (read in place)")
+    g.add_argument("--pairs-limit", type=int, default=1000, help="intents taken from --pairs")
+    g.add_argument("--zipf-s", type=float, default=1.0, help="Zipf exponent of intent popularity")
+    g.add_argument("--model", default=os.environ.get("CACHESTACK_MODEL", "smollm2"))
+    g.add_argument("--api-key", default=os.environ.get("CACHESTACK_API_KEY", ""), include_in_web_ui=False,
+                   help="Bearer key (env CACHESTACK_API_KEY)")
+    g.add_argument("--namespace", default="", help="X-Cache-Namespace to send (a configured namespace)")
+    g.add_argument("--max-tokens", type=int, default=64)
+    g.add_argument("--max-false-hit-rate", type=float, default=0.01, help="fail the run above this")
+    g.add_argument("--max-failures", type=int, default=0, help="fail the run with more failed requests")
 
-    def _ask(self, question: str, stream: bool) -> None:
-        body = {"model": MODEL, "temperature": 0, "max_tokens": 32, "stream": stream,
-                "messages": [{"role": "user", "content": question}]}
-        with self.client.post("/v1/chat/completions", json=body, headers={"authorization": f"Bearer {KEY}"},
-                              catch_response=True, name="chat") as r:
-            outcome = r.headers.get("x-cache", "?")
-            layer = r.headers.get("x-cache-layer")
-            r.request_meta["name"] = f"chat {'stream ' if stream else ''}{outcome}{' ' + layer if layer else ''}"
-            if r.status_code != 200:
-                r.failure(f"HTTP {r.status_code}")
 
-    @task(8)
-    def repeated_question(self) -> None:
-        c = random.choice(COUNTRIES)
-        self._ask(random.choice(FORMS).format(c=c), stream=False)
+def _opts(environment: Any) -> Any:
+    return environment.parsed_options
 
-    @task(2)
-    def streamed(self) -> None:
-        self._ask(random.choice(FORMS).format(c=random.choice(COUNTRIES)), stream=True)
 
-    @task(1)
-    def novel_question(self) -> None:
-        self._ask(f"Give me a fun fact about the number {random.randint(0, 10**9)}.", stream=False)
+@functools.lru_cache(maxsize=4)
+def _pool(pool: str, pairs: str, pairs_limit: int) -> Pool:
+    return load_pairs(pairs, pairs_limit) if pairs else load_pool(pool)
+
+
+def pool_for(opts: Any) -> Pool:
+    return _pool(opts.pool, opts.pairs, opts.pairs_limit)
+
+
+@events.init.add_listener
+def _init(environment: Any, **_: Any) -> None:
+    opts = _opts(environment)
+    if opts is None:
+        return
+    if isinstance(environment.runner, WorkerRunner):
+        environment.events.report_to_master.add_listener(
+            lambda client_id, data: data.__setitem__("cachestack_samples", COLLECTOR.drain()))
+        return
+    # master or single process: these become part of the options sent to workers with every spawn
+    opts.run_id = opts.run_id or time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
+    opts.cache_seed = run_seed(WARM_RUN_ID if opts.warm else opts.run_id)
+    opts.total_users = opts.num_users or 1
+    if isinstance(environment.runner, MasterRunner):
+        environment.events.worker_report.add_listener(
+            lambda client_id, data: COLLECTOR.merge(data.get("cachestack_samples") or []))
+
+
+@events.test_start.add_listener
+def _test_start(environment: Any, **_: Any) -> None:
+    if not isinstance(environment.runner, WorkerRunner):
+        COLLECTOR.reset()
+        environment.cachestack_started = time.time()
+
+
+@events.quitting.add_listener
+def _quitting(environment: Any, **_: Any) -> None:
+    if isinstance(environment.runner, WorkerRunner) or _opts(environment) is None:
+        return
+    opts = _opts(environment)
+    out = Path(opts.summary_dir) if opts.summary_dir else REPO / "loadtests" / "out" / opts.run_id
+    started = getattr(environment, "cachestack_started", None)
+    doc, problems = write_report(environment, COLLECTOR.samples, out, opts, pool_for(opts) if _needs_pool(opts) else None,
+                                 time.time() - started if started else None)
+    print(json.dumps({k: doc[k] for k in ("requests", "failures", "rps", "latency_ms", "by_cache", "hit_rate",
+                                          "hit_rate_by_layer", "false_hits", "false_hit_rate",
+                                          "upstream_tokens_avoided_fraction", "ttft_ms", "errors")}, indent=1))
+    print(f"cachestack: summary in {out}/summary.json; {'PASSED' if not problems else 'FAILED: ' + '; '.join(problems)}")
+    environment.process_exit_code = 1 if problems else 0
+
+
+def _needs_pool(opts: Any) -> bool:
+    return any(k in ("faq", "completion") for k in SCENARIOS[opts.scenario])
+
+
+class CachestackUser(FastHttpUser):
+    """One simulated client; each task run is one step of the chosen scenario."""
+
+    host = "http://127.0.0.1:8080"
+    network_timeout = 600.0  # a miss on a loaded CPU vLLM can take minutes; the gateway's read timeout is 600 s
+    connection_timeout = 10.0
+    _pace: Any = None
+
+    def wait_time(self) -> float:
+        return self._pace(self) if self._pace is not None else 0.0
+
+    def on_start(self) -> None:
+        opts = _opts(self.environment)
+        self._pace = constant_throughput(opts.rate / max(1, opts.total_users)) if opts.rate > 0 else None
+        sampler = ZipfSampler(pool_for(opts), opts.zipf_s) if _needs_pool(opts) else None
+        settings = Settings(model=opts.model, seed=opts.cache_seed, namespace=opts.namespace or None,
+                            max_tokens=opts.max_tokens)
+        self.workload = Workload(opts.scenario, settings, sampler, random.Random())
+        if opts.api_key:
+            self.client.auth_header = f"Bearer {opts.api_key}"
+
+    @task
+    def step(self) -> None:
+        kind = self.workload.next_kind()
+        if kind != "chat_stream":
+            sample, _ = send_json(self, getattr(self.workload, kind)())
+            COLLECTOR.add(sample)
+            return
+        opener, follow_ups = self.workload.conversation()
+        history = [{"role": "user", "content": opener}]
+        for turn in [opener, *follow_ups]:
+            if turn is not opener:
+                history.append({"role": "user", "content": turn})
+            sample, text = send_stream(self, self.workload.chat_turn(list(history)))
+            COLLECTOR.add(sample)
+            if sample.error:
+                return
+            history.append({"role": "assistant", "content": text})
