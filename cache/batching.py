@@ -3,7 +3,9 @@
 Both CPU stages of a semantic lookup (the query embedding and the verifier) cost far less per item in
 a batch than one at a time, and two of them running at once would only fight over the cores. So each
 stage has one worker: callers that arrive while it is busy share its next run. An idle worker starts
-at once (after ``wait_ms``, default 0), so a lone request pays no wait.
+at once (after ``wait_ms``, default 0), so a lone request pays no wait. At most ``max_waiting``
+callers wait for a run: beyond that ``submit`` raises :class:`Busy` at once, so a caller that can do
+without the result (a lookup skips its semantic stage) never queues behind a backlog.
 """
 
 from __future__ import annotations
@@ -19,6 +21,10 @@ In = TypeVar("In")
 Out = TypeVar("Out")
 
 
+class Busy(RuntimeError):
+    """More than ``max_waiting`` callers are already waiting for this stage."""
+
+
 @dataclass(slots=True)
 class _Pending(Generic[In, Out]):
     item: In
@@ -29,16 +35,26 @@ class Batcher(Generic[In, Out]):
     """``await submit(item)`` runs ``run([item, ...])`` (one result per item, same order) off the loop."""
 
     def __init__(self, run: Callable[[list[In]], Sequence[Out]], *, name: str, wait_ms: float = 0.0,
-                 max_batch: int = 64) -> None:
+                 max_batch: int = 64, max_waiting: int | None = None) -> None:
         self.run = run
         self.name = name
         self.wait_s = wait_ms / 1000.0
         self.max_batch = max_batch
+        self.max_waiting = max_waiting
         self._queue: list[_Pending[In, Out]] = []
         self._flusher: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()  # one run at a time
 
-    async def submit(self, item: In) -> Out:
+    @property
+    def waiting(self) -> int:
+        """Callers queued for the next run (the running batch not counted)."""
+        return len(self._queue)
+
+    async def submit(self, item: In, *, bounded: bool = False) -> Out:
+        """The item's result; raises Busy if ``bounded`` and ``max_waiting`` callers already wait."""
+        if bounded and self.max_waiting is not None and len(self._queue) >= self.max_waiting:
+            metrics.BYPASSES.labels(f"{self.name}_busy").inc()
+            raise Busy(f"{self.name}: {len(self._queue)} callers waiting")
         fut: asyncio.Future[Out] = asyncio.get_running_loop().create_future()
         self._queue.append(_Pending(item, fut))
         if self._flusher is None:

@@ -26,6 +26,8 @@ class RedisConfig(Strict):
     trip_after_timeouts: int = Field(
         3, ge=1, description="consecutive lookup/store timeouts before the store is skipped for retry_after_s "
         "(one timeout may be a saturated gateway, not Redis; errors and failed pings skip it at once)")
+    max_connections: int = Field(
+        64, ge=1, description="sockets in the pool; a call beyond them waits for a free one within its budget")
     hnsw_m: int = Field(16, ge=4, le=128)
     hnsw_ef_construction: int = Field(200, ge=10)
     hnsw_ef_runtime: int = Field(64, ge=10)
@@ -100,6 +102,14 @@ class PriceConfig(Strict):
     completion_per_1k: float = Field(0.0, ge=0)
 
 
+class BackgroundConfig(Strict):
+    """Work done after the response: stores and shadow checks, each capped in number and in time."""
+
+    max_stores: int = Field(256, ge=1, description="stores in flight; more answers are not stored (counted)")
+    max_shadows: int = Field(16, ge=1, description="shadow checks in flight; more hits are not re-checked")
+    timeout_s: float = Field(60.0, gt=0, description="a background task still running after this is cancelled")
+
+
 class CacheConfig(Strict):
     enabled: bool = True
     default_namespace: str = "default"
@@ -115,6 +125,14 @@ class CacheConfig(Strict):
     responses_upstream_store: bool = Field(
         False, description="vLLM runs with VLLM_ENABLE_RESPONSES_API_STORE=1: Responses requests with store true "
         "or absent are then not cached (a replayed id could not be retrieved or continued)")
+    lookup_deadline_ms: float = Field(
+        250.0, gt=0, description="the whole lookup (Redis, embedding, verifier, judge); past it the request "
+        "goes upstream (a miss with the speculative call never waits for it). redis.lookup_budget_ms bounds "
+        "each Redis round trip inside it, and only those feed the breaker: a deadline passed never trips it")
+    semantic_max_queue: int = Field(
+        32, ge=1, description="lookups waiting for the embedder or the verifier; with more, the semantic stage "
+        "is skipped (exact tiers only) instead of queueing behind a backlog")
+    background: BackgroundConfig = BackgroundConfig()
     decision: DecisionConfig = DecisionConfig()
     prices: dict[str, PriceConfig] = Field(
         default_factory=dict, description="model -> price per 1k tokens, for the savings metric"
@@ -124,6 +142,10 @@ class CacheConfig(Strict):
     def _default_exists(self) -> CacheConfig:
         if self.default_namespace not in self.namespaces:
             raise ValueError(f"default_namespace {self.default_namespace!r} is not in namespaces")
+        judge = self.decision.judge
+        if judge.enabled and judge.timeout_ms >= self.lookup_deadline_ms:
+            raise ValueError(f"decision.judge.timeout_ms ({judge.timeout_ms:g}) must be below lookup_deadline_ms "
+                             f"({self.lookup_deadline_ms:g}): the judge runs inside the lookup")
         return self
 
 

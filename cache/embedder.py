@@ -110,12 +110,15 @@ def embedder_from_config(cfg: EmbedderConfig) -> Embedder:
 class MicroBatcher:
     """Concurrent ``embed`` calls share one ``Embedder.encode`` run in a worker thread (cache.batching)."""
 
-    def __init__(self, embedder: Embedder, batch_wait_ms: float = 0.0, max_batch: int = 64) -> None:
+    def __init__(self, embedder: Embedder, batch_wait_ms: float = 0.0, max_batch: int = 64,
+                 max_waiting: int | None = None) -> None:
         self.embedder = embedder
         self.max_batch = max_batch
         self._batcher: Batcher[str, np.ndarray] = Batcher(lambda texts: self.embedder.encode(texts),
-                                                          name="embed", wait_ms=batch_wait_ms, max_batch=max_batch)
+                                                          name="embed", wait_ms=batch_wait_ms, max_batch=max_batch,
+                                                          max_waiting=max_waiting)
 
-    async def embed(self, text: str) -> np.ndarray:
-        """The unit-length embedding of ``text``."""
-        return await self._batcher.submit(text)
+    async def embed(self, text: str, *, bounded: bool = False) -> np.ndarray:
+        """The unit-length embedding of ``text``; with ``bounded``, raises cache.batching.Busy when
+        ``max_waiting`` embeddings already wait (cache work that can do without it asks so)."""
+        return await self._batcher.submit(text, bounded=bounded)

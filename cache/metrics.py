@@ -30,3 +30,6 @@ BATCH_SIZE = Histogram("cachestack_cache_batch_size", "Items per run of a batche
                        ["stage"], buckets=(1, 2, 4, 8, 16, 32, 64))
 JUDGE = Counter("cachestack_cache_judge_total", "LLM judge verdicts on borderline pairs",
                 ["verdict"])  # yes, no, unsure, error
+STORE_TRIPS = Counter("cachestack_cache_store_trips_total",
+                      "Times the store's breaker opened (every lookup skips the store for retry_after_s), by "
+                      "cause: a Redis error, or a failed check after consecutive timeouts", ["cause"])

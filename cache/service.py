@@ -1,9 +1,11 @@
 """Lookup and store orchestration: the request flow's steps 3-7, without HTTP.
 
-Fails open: every Redis call runs inside the lookup budget. An error, or consecutive timeouts that a
-PING confirms, marks the store down for ``retry_after_s`` (lookups skip it at once meanwhile, so a
-dead Redis costs a few budgets, not one per request), then the next request tries again:
-reconnection is redis-py's own.
+Fails open. The whole lookup has one deadline (``lookup_deadline_ms``); inside it every Redis round
+trip has the lookup budget, and the semantic stage is skipped when its CPU queue is full. Only Redis
+round trips feed the store's circuit breaker (cache/breaker.py): an error opens it at once, so a dead
+Redis costs a few budgets, not one per request; consecutive timeouts start a check that runs PING in a
+thread, so a busy event loop (which overruns budgets on a healthy Redis) can never switch the cache
+off. Readiness probes run the same check without ever opening the breaker.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -22,19 +24,20 @@ from redis.exceptions import RedisError
 from redisvl.exceptions import RedisVLError
 
 from cache import metrics
-from cache.batching import Batcher
+from cache.batching import Batcher, Busy
+from cache.breaker import CircuitBreaker, State
 from cache.config import CacheConfig
 from cache.decision import Candidate, Decision, DecisionRule, RuleSettings, decide_each
 from cache.embedder import MicroBatcher
 from cache.keys import normalise_query
 from cache.l1 import L1Cache
 from cache.policy import CachePlan, make_plan
-from cache.store import CacheStore, Entry, Neighbour, scope_filter
+from cache.store import CacheStore, Neighbour, decode_answer, scope_filter
 
 log = logging.getLogger("cachestack.cache")
 T = TypeVar("T")
 Judge = Callable[[str, str, str], Awaitable[float | None]]
-STORE_ERRORS = (RedisError, RedisVLError, OSError, asyncio.TimeoutError, ValueError)
+STORE_ERRORS = (RedisError, RedisVLError, OSError, asyncio.TimeoutError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +51,10 @@ class CacheHit:
 
 @dataclass(slots=True)
 class Lookup:
-    """The outcome of a lookup; a miss keeps the query embedding so the store need not redo it."""
+    """The outcome of a lookup; a miss keeps the query embedding so the store need not redo it.
+
+    Filled in as the lookup goes (the embedding as soon as it exists), so a caller that stopped
+    waiting for the lookup still finds the embedding here when it stores the answer."""
 
     hit: CacheHit | None = None
     embedding: np.ndarray | None = None
@@ -57,86 +63,109 @@ class Lookup:
 class CacheService:
     def __init__(self, cfg: CacheConfig, store: CacheStore, embedder: MicroBatcher, rule: DecisionRule, *,
                  budget_ms: float, retry_after_s: float, l1_max_age_s: float = 30.0,
-                 judge: Judge | None = None, trip_after_timeouts: int = 1) -> None:
+                 judge: Judge | None = None, trip_after_timeouts: int = 1,
+                 model_label: Callable[[str], str] | None = None) -> None:
         self.cfg = cfg
         self.store = store
         self.embedder = embedder
         self.rule = rule
         self.judge = judge  # (model, cached query, new query) -> verdict; used when decision.judge.enabled
+        # The metric label of a model: the gateway passes its catalog's (served models, else "other"),
+        # so a client-chosen name never becomes a time series.
+        self.model_label = model_label or (lambda model: model if model in cfg.prices else "other")
         # concurrent lookups share one verifier run (one ONNX batch), off the event loop
         self._decider: Batcher[tuple[str, list[Candidate], RuleSettings], Decision] = Batcher(
-            lambda items: decide_each(self.rule, items), name="verify", max_batch=cfg.decision.max_batch)
+            lambda items: decide_each(self.rule, items), name="verify", max_batch=cfg.decision.max_batch,
+            max_waiting=cfg.semantic_max_queue)
         self.budget_s = budget_ms / 1000.0
-        self.retry_after_s = retry_after_s
-        self.trip_after_timeouts = trip_after_timeouts
-        self._timeouts = 0  # consecutive lookup/store timeouts
-        self._probe: asyncio.Task[None] | None = None  # is Redis really down? (see _failed)
+        self.deadline_s = cfg.lookup_deadline_ms / 1000.0
+        self.breaker = CircuitBreaker(retry_after_s=retry_after_s, trip_after_timeouts=trip_after_timeouts)
+        self._check: asyncio.Task[bool] | None = None  # the one running breaker check (see _confirm)
+        self._ready_error: str | None = None
         self.l1 = L1Cache(cfg.l1_max_bytes, l1_max_age_s)
-        self.down_until = 0.0
-        self.last_error: str | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._background: dict[str, int] = {"store": 0, "shadow": 0}
         self._shadow_counts: dict[tuple[str, bool], int] = {}
-        self._recheck = True  # ping and (re)create the index before the next use: a restarted Redis is empty
         metrics.REDIS_UP.set(1)
 
-    # -- state -------------------------------------------------------------------------------
+    # -- the store's health --------------------------------------------------------------------
     @property
     def degraded(self) -> bool:
-        return time.monotonic() < self.down_until
+        return self.breaker.state is State.OPEN
+
+    @property
+    def last_error(self) -> str | None:
+        return self.breaker.last_error or self._ready_error
 
     def _failed(self, exc: BaseException, op: str) -> None:
+        """A Redis round trip failed. An error opens the breaker; a timeout only counts, and enough
+        of them in a row start a check (a saturated event loop overruns budgets on a healthy Redis)."""
         metrics.BYPASSES.labels(f"{op}_error").inc()
-        if op != "ping" and isinstance(exc, TimeoutError):
-            # A saturated gateway's event loop can overrun the budget on a healthy Redis: skipping
-            # the store for everyone after one such timeout turned a busy moment into a 40% miss
-            # rate, and a burst on a cold connection pool produced several at once
-            # (loadtests/README.md). So consecutive timeouts only start a probe: check() with the
-            # store timeout; the store is skipped only if that fails too. Meanwhile each lookup
-            # still gives up after its own budget.
-            self._timeouts += 1
-            if self._timeouts >= self.trip_after_timeouts and self._probe is None:
-                self._probe = asyncio.get_running_loop().create_task(self._confirm_down())
-                self._tasks.add(self._probe)
-                self._probe.add_done_callback(self._tasks.discard)
+        if isinstance(exc, TimeoutError):
+            if self.breaker.timeout():
+                self._start_check()
             return
-        self._trip(exc, op)
+        self._trip(f"{op}: {type(exc).__name__}", "error")
 
-    async def _confirm_down(self) -> None:
-        """The readiness check with the store timeout: it trips the store if Redis does not answer."""
-        try:
-            await self.check(self.store.cfg.store_timeout_ms / 1000.0)
-        finally:
-            self._probe = None
-
-    def _trip(self, exc: BaseException, op: str) -> None:
-        """Skip the store for everyone for ``retry_after_s``; the next use after that re-checks it."""
-        self._timeouts = 0
-        self.down_until = time.monotonic() + self.retry_after_s
-        self._recheck = True
-        self.last_error = f"{op}: {type(exc).__name__}"
+    def _trip(self, reason: str, cause: str) -> None:
+        self.breaker.trip(reason)
+        metrics.STORE_TRIPS.labels(cause).inc()
         metrics.REDIS_UP.set(0)
-        log.warning("cache store %s failed (%s); skipping it for %.1fs", op, type(exc).__name__, self.retry_after_s)
+        log.warning("cache store failed (%s); skipping it for %.1fs", reason, self.breaker.retry_after_s)
 
-    def _ok(self) -> None:
-        self._timeouts = 0
-        if self.last_error is not None:
-            self.last_error = None
+    def _passed(self) -> None:
+        self.store.forget_partitions()  # Redis may have restarted empty: recreate indexes on write
+        if self.breaker.check_passed():
             metrics.REDIS_UP.set(1)
             log.info("cache store reachable again")
 
-    async def check(self, timeout_s: float | None = None) -> bool:
-        """Ping the store (readiness); also ends a degraded period early when Redis is back."""
+    async def _probe(self) -> str | None:
+        """PING and FT._LIST in a thread, within the store timeout; the failure, or None."""
         try:
-            async with asyncio.timeout(timeout_s or self.budget_s):
-                await self.store.ping()
-                await self.store.ensure_index()
+            await asyncio.to_thread(self.store.probe)
         except STORE_ERRORS as exc:
-            self._failed(exc, "ping")
+            return f"check: {type(exc).__name__}"
+        return None
+
+    def _start_check(self) -> asyncio.Task[bool]:
+        if self._check is None:
+            self._check = asyncio.get_running_loop().create_task(self._run_check())
+            self._tasks.add(self._check)
+            self._check.add_done_callback(self._tasks.discard)
+        return self._check
+
+    async def _run_check(self) -> bool:
+        try:
+            failure = await self._probe()
+        finally:
+            self._check = None
+        if failure is None:
+            self._passed()
+            return True
+        self._trip(failure, "check")
+        return False
+
+    async def _usable(self) -> bool:
+        """May this call use the store? Half-open: every caller waits for the one shared check."""
+        state = self.breaker.state
+        if state is State.CLOSED:
+            return True
+        if state is State.OPEN:
             return False
-        self.down_until = 0.0
-        self._recheck = False
-        self._ok()
-        return True
+        return await asyncio.shield(self._start_check())  # a lookup's deadline leaves the check running
+
+    async def connect(self) -> bool:
+        """The first check, at start: a store that does not answer is skipped until it does."""
+        return await self._start_check()
+
+    async def ready(self) -> bool:
+        """Readiness: does the store answer? Never opens the breaker (a probe must not switch the
+        cache off); a store that answers closes it early."""
+        failure = await self._probe()
+        self._ready_error = failure
+        if failure is None:
+            self._passed()
+        return failure is None
 
     # -- policy ------------------------------------------------------------------------------
     def plan(self, kind: str, body: Mapping[str, Any], tenant: str, cache_control: str | None,
@@ -147,13 +176,21 @@ class CacheService:
         return plan
 
     # -- lookup ------------------------------------------------------------------------------
-    async def lookup(self, plan: CachePlan, on_semantic: Callable[[], None] | None = None) -> Lookup:
-        """Exact tiers, then the semantic one; ``on_semantic`` is called as the semantic stage starts
-        (the gateway starts its upstream call there, so a miss does not wait for the lookup)."""
+    async def lookup(self, plan: CachePlan, on_semantic: Callable[[], None] | None = None,
+                     into: Lookup | None = None) -> Lookup:
+        """Exact tiers, then the semantic one, all within ``lookup_deadline_ms``; ``on_semantic`` is
+        called as the semantic stage starts (the gateway starts its upstream call there, so a miss
+        does not wait for the lookup). ``into`` is filled in as the lookup goes and returned."""
         started = time.perf_counter()
-        result = Lookup()
+        result = into if into is not None else Lookup()
+        deadline = asyncio.timeout(self.deadline_s)
         try:
-            result = await self._lookup(plan, on_semantic)
+            async with deadline:
+                await self._lookup(plan, on_semantic, result)
+        except TimeoutError:
+            if not deadline.expired():
+                raise
+            metrics.BYPASSES.labels("deadline").inc()  # a miss for this request; the breaker never hears of it
         finally:
             outcome = "HIT" if result.hit else "MISS"
             metrics.LOOKUP_SECONDS.labels(outcome).observe(time.perf_counter() - started)
@@ -167,10 +204,8 @@ class CacheService:
         """One store round trip for a cache built on this one (cache/vectors.py), failing open exactly
         like a lookup: None when the store is being skipped, or the call fails or overruns its time
         (``timeout_s``, default the lookup budget)."""
-        if self.degraded:
+        if not await self._usable():
             metrics.BYPASSES.labels("store_down").inc()
-            return None
-        if self._recheck and not await self.check():
             return None
         t = time.perf_counter()
         try:
@@ -180,14 +215,12 @@ class CacheService:
             self._failed(exc, "lookup")
             return None
         metrics.STAGE_SECONDS.labels(stage).observe(time.perf_counter() - t)
-        self._ok()
+        self.breaker.call_ok()
         return result
 
-    def spawn(self, work: Awaitable[None]) -> None:
-        """Run background work (a store) that :meth:`drain` waits for."""
-        task = asyncio.ensure_future(work)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    def spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run background work (a store) like the cache's own stores: capped, timed, drained."""
+        self._background_task("store", work)
 
     def _fresh(self, created: float, plan: CachePlan) -> bool:
         return plan.max_age is None or time.time() - created <= plan.max_age
@@ -199,59 +232,70 @@ class CacheService:
         async with asyncio.timeout(self.budget_s):
             result = await call
         metrics.STAGE_SECONDS.labels(stage).observe(time.perf_counter() - t)
+        self.breaker.call_ok()
         return result
 
-    async def _lookup(self, plan: CachePlan, on_semantic: Callable[[], None] | None) -> Lookup:
+    @staticmethod
+    def _decoded(blob: bytes, entry_id: str) -> dict[str, Any] | None:
+        try:
+            return decode_answer(blob)
+        except ValueError:  # a damaged entry is one miss, not a reason to doubt the store
+            log.warning("cache entry %s holds no readable answer", entry_id)
+            return None
+
+    async def _lookup(self, plan: CachePlan, on_semantic: Callable[[], None] | None, found: Lookup) -> None:
         hot = self.l1.get(plan.exact_key)
         if hot is not None and self._fresh(hot.created, plan):
-            return Lookup(CacheHit(hot.answer, "exact", None, time.time() - hot.created, plan.exact_key))
-        if self.degraded:
+            found.hit = CacheHit(hot.answer, "exact", None, time.time() - hot.created, plan.exact_key)
+            return
+        if not await self._usable():
             metrics.BYPASSES.labels("store_down").inc()
-            return Lookup()
-        if self._recheck and not await self.check():
-            return Lookup()
+            return
         try:
             entry = await self._redis(self.store.get(self.store.entry_id(self._tags(plan), plan.exact_key)), "exact")
         except STORE_ERRORS as exc:
             self._failed(exc, "lookup")
-            return Lookup()
-        self._ok()
+            return
         if entry is not None and self._fresh(entry.created, plan):
-            self._remember(plan.exact_key, entry, plan)
-            return Lookup(CacheHit(entry.answer, "exact", None, time.time() - entry.created, plan.exact_key))
+            answer = self._decoded(entry.blob, plan.exact_key)
+            if answer is not None:
+                self.l1.put(plan.exact_key, answer, entry.created, plan.settings.ttl_s)
+                found.hit = CacheHit(answer, "exact", None, time.time() - entry.created, plan.exact_key)
+                return
         if not plan.semantic:
-            return Lookup()
+            return
 
         if on_semantic is not None:
             on_semantic()
         t = time.perf_counter()
-        vector = await self.embedder.embed(plan.query)
+        try:
+            found.embedding = await self.embedder.embed(plan.query, bounded=True)
+        except Busy:  # a backlog: exact tiers only for this request
+            return
         metrics.STAGE_SECONDS.labels("embed").observe(time.perf_counter() - t)
-        found = Lookup(embedding=vector)
         try:
             neighbours = await self._redis(
-                self.store.knn(vector, self._tags(plan), self.cfg.decision.top_k, large=plan.head), "knn")
+                self.store.knn(found.embedding, self._tags(plan), self.cfg.decision.top_k, large=plan.head), "knn")
         except STORE_ERRORS as exc:
             self._failed(exc, "lookup")
-            return found
-        self._ok()
+            return
         neighbours = [n for n in neighbours if self._fresh(n.created, plan)]
         if not neighbours:
-            return found
+            return
         metrics.SIMILARITY.labels(plan.namespace).observe(neighbours[0].similarity)
         t = time.perf_counter()
-        decision = await self._decide(plan, neighbours)
+        try:
+            decision = await self._decide(plan, neighbours)
+        except Busy:
+            return
         metrics.STAGE_SECONDS.labels("decision").observe(time.perf_counter() - t)
         if decision is None:
-            return found
+            return
         chosen, _score = decision
-        try:
-            answer = chosen.answer()
-        except ValueError:  # a damaged entry is one miss, not a reason to doubt the store
-            log.warning("cache entry %s holds no readable answer", chosen.entry_id)
-            return found
-        return Lookup(CacheHit(answer, "semantic", chosen.similarity, time.time() - chosen.created,
-                               chosen.entry_id), vector)
+        answer = self._decoded(chosen.blob, chosen.entry_id)
+        if answer is not None:
+            found.hit = CacheHit(answer, "semantic", chosen.similarity, time.time() - chosen.created,
+                                 chosen.entry_id)
 
     async def _decide(self, plan: CachePlan, neighbours: list[Neighbour]) -> tuple[Neighbour, float] | None:
         ns = plan.settings
@@ -261,7 +305,7 @@ class CacheService:
             else self.cfg.decision.verifier_threshold,
         )
         candidates = [Candidate(n.entry_id, n.query, n.similarity) for n in neighbours]
-        decision = await self._decider.submit((plan.query, candidates, settings))
+        decision = await self._decider.submit((plan.query, candidates, settings), bounded=True)
         if decision.candidate is None:
             return None
         if not decision.hit:
@@ -288,15 +332,13 @@ class CacheService:
         metrics.JUDGE.labels(label).inc()
         return label == "yes"
 
-    def _remember(self, key: str, entry: Entry, plan: CachePlan) -> None:
-        self.l1.put(key, entry.answer, entry.created, plan.settings.ttl_s, entry.size)
-
     def _count_savings(self, model: str, answer: dict[str, Any]) -> None:
         usage = answer.get("usage") or {}
         prompt = int(usage.get("prompt_tokens") or 0)
         completion = int(usage.get("completion_tokens") or 0)
-        metrics.TOKENS_SAVED.labels("prompt", model).inc(prompt)
-        metrics.TOKENS_SAVED.labels("completion", model).inc(completion)
+        label = self.model_label(model)
+        metrics.TOKENS_SAVED.labels("prompt", label).inc(prompt)
+        metrics.TOKENS_SAVED.labels("completion", label).inc(completion)
         price = self.cfg.prices.get(model)
         if price is not None:
             metrics.MONEY_SAVED.labels(model).inc(
@@ -307,26 +349,51 @@ class CacheService:
         return {"scope": plan.scope, "fingerprint": plan.fingerprint, "model": plan.model,
                 "version": plan.settings.version, "namespace": plan.namespace}
 
+    # -- background work ---------------------------------------------------------------------
+    def _background_task(self, kind: str, work: Coroutine[Any, Any, None]) -> bool:
+        """Run ``work`` after the response, if fewer than the configured number of its kind are in
+        flight, and for at most ``background.timeout_s``; False (and counted) if it was dropped."""
+        bg = self.cfg.background
+        if self._background[kind] >= (bg.max_stores if kind == "store" else bg.max_shadows):
+            work.close()
+            metrics.BYPASSES.labels(f"{kind}_backlog").inc()
+            return False
+
+        async def bounded() -> None:
+            try:
+                async with asyncio.timeout(bg.timeout_s):
+                    await work
+            except TimeoutError:
+                metrics.BYPASSES.labels(f"{kind}_timeout").inc()
+            finally:
+                self._background[kind] -= 1
+
+        self._background[kind] += 1
+        task = asyncio.get_running_loop().create_task(bounded())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return True
+
     # -- store -------------------------------------------------------------------------------
     def store_later(self, plan: CachePlan, answer: dict[str, Any], embedding: np.ndarray | None = None) -> None:
         """Write a complete answer in the background: the response never waits for the cache."""
-        if not plan.store:
-            return
-        task = asyncio.get_running_loop().create_task(self._store(plan, answer, embedding))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        if plan.store and not self._background_task("store", self._store(plan, answer, embedding)):
+            metrics.STORES.labels(plan.namespace, "dropped").inc()
 
     async def _store(self, plan: CachePlan, answer: dict[str, Any], embedding: np.ndarray | None) -> None:
         answer = {k: v for k, v in answer.items() if k not in ("id", "created")}
         if len(orjson.dumps(answer)) > self.cfg.max_entry_bytes:
             metrics.STORES.labels(plan.namespace, "too_large").inc()
             return
-        if self.degraded or (self._recheck and not await self.check()):
+        if not await self._usable():
             metrics.STORES.labels(plan.namespace, "skipped").inc()
             return
+        if plan.semantic and embedding is None:
+            try:
+                embedding = await self.embedder.embed(plan.query, bounded=True)
+            except Busy:  # a backlog: the entry is stored for exact hits only
+                metrics.STORES.labels(plan.namespace, "exact_only").inc()
         try:
-            if plan.semantic and embedding is None:
-                embedding = await self.embedder.embed(plan.query)
             t = time.perf_counter()
             async with asyncio.timeout(self.store.cfg.store_timeout_ms / 1000.0):
                 await self.store.put(self.store.entry_id(self._tags(plan), plan.exact_key), answer=answer,
@@ -339,6 +406,7 @@ class CacheService:
             metrics.STORES.labels(plan.namespace, "error").inc()
             self._failed(exc, "store")
             return
+        self.breaker.call_ok()
         metrics.STORES.labels(plan.namespace, "stored").inc()
 
     # -- shadow mode -------------------------------------------------------------------------
@@ -347,9 +415,7 @@ class CacheService:
         """For a sampled share of semantic hits, compare the cached answer with a fresh one."""
         if hit.layer != "semantic" or random.random() >= plan.settings.shadow_rate:
             return
-        task = asyncio.get_running_loop().create_task(self._shadow(plan, hit, fresh, agree_threshold))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._background_task("shadow", self._shadow(plan, hit, fresh, agree_threshold))
 
     async def _shadow(self, plan: CachePlan, hit: CacheHit,
                       fresh: Callable[[], Awaitable[dict[str, Any] | None]], agree_threshold: float) -> None:
@@ -361,7 +427,10 @@ class CacheService:
         if answer is None:
             return
         a, b = answer_text(hit.answer), answer_text(answer)
-        va, vb = await asyncio.gather(self.embedder.embed(a), self.embedder.embed(b))
+        try:
+            va, vb = await asyncio.gather(self.embedder.embed(a, bounded=True), self.embedder.embed(b, bounded=True))
+        except Busy:
+            return
         agree = a.strip() == b.strip() or float(np.dot(va, vb)) >= agree_threshold
         metrics.SHADOW.labels(plan.namespace, str(agree).lower()).inc()
         key = (plan.namespace, agree)
@@ -386,7 +455,7 @@ class CacheService:
                 "store": "degraded" if self.degraded else "ok"}
 
     async def drain(self) -> None:
-        """Wait for background stores (shutdown, tests)."""
+        """Wait for background stores, shadow checks and breaker checks (shutdown, tests)."""
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 

@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 import orjson
-from redis.asyncio import Redis
+import redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.driver_info import DriverInfo
 from redis.exceptions import ResponseError
 from redisvl.index import AsyncSearchIndex
@@ -35,10 +36,14 @@ _RAW = b"j"
 
 @dataclass(frozen=True, slots=True)
 class Entry:
-    answer: dict[str, Any]
+    blob: bytes  # the stored answer (encode_answer); decoded by the reader, so a damaged one is a miss
     created: float
     query: str
-    size: int  # stored bytes, what the entry costs in the L1
+
+    @property
+    def answer(self) -> dict[str, Any]:
+        """The decoded answer; ValueError if the stored blob is damaged."""
+        return decode_answer(self.blob)
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,18 +108,26 @@ class CacheStore:
         if cfg.password_file:
             with open(cfg.password_file) as fh:
                 password = fh.read().strip() or None
-        self.redis = client or Redis.from_url(
-            # Lookups are held to their budget by the service (asyncio.timeout), so the sockets may wait
-            # longer: with a connect timeout of one lookup budget, a burst on a saturated loop failed
-            # the confirming PING too, and the cache switched off while Redis was fine.
-            cfg.url, password=password, socket_connect_timeout=cfg.store_timeout_ms / 1000.0,
-            socket_timeout=cfg.store_timeout_ms / 1000.0, decode_responses=False,
-            health_check_interval=0, retry_on_timeout=False,
+        # Lookups are held to their budget by the service (asyncio.timeout), so the sockets may wait
+        # longer: with a connect timeout of one lookup budget, a burst on a saturated loop failed
+        # the confirming PING too, and the cache switched off while Redis was fine.
+        timeouts = {"socket_connect_timeout": cfg.store_timeout_ms / 1000.0,
+                    "socket_timeout": cfg.store_timeout_ms / 1000.0}
+        # At most max_connections sockets: a caller beyond them waits for a free one (within its own
+        # budget, so a full pool reads as a timeout, never as an error that trips the breaker).
+        self.redis = client or Redis.from_pool(BlockingConnectionPool.from_url(
+            cfg.url, password=password, max_connections=cfg.max_connections,
+            timeout=cfg.store_timeout_ms / 1000.0, decode_responses=False, health_check_interval=0,
+            retry_on_timeout=False,
             # One DriverInfo for the whole pool: without it redis-py reads its own package metadata
             # for every new connection (~2 ms of CPU each), and a burst of 32 lookups on a cold pool
             # overran the lookup budget on that alone (loadtests/README.md).
-            driver_info=DriverInfo(),
-        )
+            driver_info=DriverInfo(), **timeouts))
+        # The breaker's check runs in a thread on a blocking client of its own, so its verdict
+        # depends on Redis and the socket timeout, never on how busy the event loop is.
+        self._probe_client = redis.Redis.from_pool(redis.BlockingConnectionPool.from_url(
+            cfg.url, password=password, max_connections=2, timeout=cfg.store_timeout_ms / 1000.0,
+            driver_info=DriverInfo(), **timeouts))
         self.name_prefix = f"{cfg.index_prefix}-idx{dim}-"
         self.key_prefix = f"{cfg.index_prefix}:e{dim}:"
         self._indexes: dict[str, AsyncSearchIndex] = {}
@@ -164,7 +177,17 @@ class CacheStore:
         A restarted (empty) Redis has lost them: forget what we created so the next write recreates it.
         """
         await self.partitions()
+        self.forget_partitions()
+
+    def forget_partitions(self) -> None:
+        """Recreate each partition's index on its next write (after Redis may have restarted empty)."""
         self._created.clear()
+
+    def probe(self) -> None:
+        """PING and FT._LIST, blocking (run it in a thread); raises if Redis or its search module
+        does not answer within the store timeout."""
+        self._probe_client.ping()
+        self._probe_client.execute_command("FT._LIST")
 
     # -- entries -----------------------------------------------------------------------------
     def entry_id(self, tags: dict[str, str], exact_key: str) -> str:
@@ -177,7 +200,7 @@ class CacheStore:
         blob, created, query = await self.redis.hmget(self.key(entry_id), ["answer", "created", "query"])
         if blob is None:
             return None
-        return Entry(decode_answer(blob), float(created or 0.0), (query or b"").decode(), len(blob))
+        return Entry(blob, float(created or 0.0), (query or b"").decode())
 
     async def put(self, entry_id: str, *, answer: dict[str, Any], query: str, embedding: np.ndarray | None,
                   tags: dict[str, str], ttl_s: int) -> None:
@@ -283,6 +306,7 @@ class CacheStore:
 
     async def aclose(self) -> None:
         await self.redis.aclose()
+        self._probe_client.close()
 
 
 def _search_rows(reply: Any) -> list[tuple[str, dict[bytes, bytes]]]:

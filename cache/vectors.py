@@ -81,7 +81,7 @@ class VectorCache:
                 found[i] = vectors = Vectors.decode(blob)
             except ValueError:
                 continue  # a damaged entry is recomputed and overwritten
-            self.l1.put(keys[i], {"v": vectors}, time.time(), self.ttl_s, len(blob))
+            self.l1.put(keys[i], {"v": vectors}, time.time(), self.ttl_s)
         return found
 
     def put_later(self, items: dict[str, Vectors]) -> None:
@@ -90,7 +90,7 @@ class VectorCache:
             return
         now = time.time()
         for key, v in items.items():
-            self.l1.put(key, {"v": v}, now, self.ttl_s, v.rows.nbytes)
+            self.l1.put(key, {"v": v}, now, self.ttl_s)
         self.service.spawn(self._put(items))
 
     async def _put(self, items: dict[str, Vectors]) -> None:

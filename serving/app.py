@@ -68,11 +68,10 @@ async def build_cache(settings: Settings, batcher: MicroBatcher | None) -> Cache
     if not settings.cache.enabled or batcher is None:
         return None
     store = CacheStore(settings.redis, batcher.embedder.dim)
-    service = CacheService(settings.cache, store, batcher,
-                           build_rule(settings), budget_ms=settings.redis.lookup_budget_ms,
-                           retry_after_s=settings.redis.retry_after_s,
+    service = CacheService(settings.cache, store, batcher, build_rule(settings),
+                           budget_ms=settings.redis.lookup_budget_ms, retry_after_s=settings.redis.retry_after_s,
                            trip_after_timeouts=settings.redis.trip_after_timeouts)
-    if not await service.check(timeout_s=settings.redis.store_timeout_ms / 1000.0):
+    if not await service.connect():
         log.warning("cache store not reachable at start; serving without it until it answers")
     return service
 
@@ -84,7 +83,7 @@ async def build_embedder(settings: Settings, embedder: Embedder | None) -> Micro
     e = settings.embedder
     if embedder is None:
         embedder = await asyncio.to_thread(embedder_from_config, e)
-    return MicroBatcher(embedder, e.batch_wait_ms, e.max_batch)
+    return MicroBatcher(embedder, e.batch_wait_ms, e.max_batch, max_waiting=settings.cache.semantic_max_queue)
 
 
 def build_embeddings(settings: Settings, batcher: MicroBatcher | None, cache: CacheService | None) -> Embeddings:
@@ -116,8 +115,10 @@ def create_app(settings: Settings, *, embedder: Embedder | None = None) -> FastA
         gw = app.state.gw = Gateway(settings, Authenticator(settings.auth), upstream, router, catalog, cache,
                                     SingleFlight(), PrefixHygiene(ph.window, ph.head_chars) if ph.enabled else None,
                                     build_embeddings(settings, batcher, cache))
-        if cache is not None and settings.cache.decision.judge.enabled:
-            cache.judge = partial(generation.ask_judge, gw)
+        if cache is not None:
+            cache.model_label = catalog.label
+            if settings.cache.decision.judge.enabled:
+                cache.judge = partial(generation.ask_judge, gw)
         await catalog.refresh()
         # Startup leaves long-lived objects that every full GC pass would walk while all requests wait:
         # with torch loaded (~500k objects) a pass took 226 ms, and the p99 of exact hits at
@@ -192,7 +193,8 @@ class RequestMetrics:
         finally:
             metrics.IN_FLIGHT.dec()
             path = getattr(scope.get("route"), "path", "unmatched")
-            model = scope.get("state", {}).get("model", "none") if status < 400 or status >= 500 else "none"
+            model = scope.get("state", {}).get("model") if status < 400 or status >= 500 else None
+            model = "none" if model is None else self.state.gw.catalog.label(model)
             metrics.REQUESTS.labels(path, model, str(status)).inc()
             if path not in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings"):
                 metrics.REQUEST_SECONDS.labels(path, "none").observe(time.perf_counter() - started)

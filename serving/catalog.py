@@ -56,6 +56,11 @@ class ModelCatalog:
             self._refresh_if_stale()
         return list(self._models.values())
 
+    def label(self, model: str) -> str:
+        """A model's metric label: its name if an upstream serves it, else "other", so a name a
+        client made up never becomes a time series."""
+        return model if model in self._models else "other"
+
     async def check(self, model: str) -> None:
         """404 for a model no upstream serves; unknown (all upstreams down) lets the call fail later."""
         if model in self._models:

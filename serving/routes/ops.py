@@ -21,7 +21,7 @@ async def ready(request: Request) -> Response:
     if gw.cache is None:
         body["cache"] = "disabled"
     else:
-        body["cache"] = "ok" if await gw.cache.check() else "degraded"
+        body["cache"] = "ok" if await gw.cache.ready() else "degraded"  # never switches the cache off
         if gw.cache.last_error:
             body["cache_error"] = gw.cache.last_error
     is_ready = any(v == "up" for v in upstreams.values())

@@ -55,7 +55,7 @@ def make_service(redis_url: str, embedder: Any):
     made: list[CacheService] = []
 
     def make(judge: Any, **judge_cfg: Any) -> CacheService:
-        cfg = CacheConfig.model_validate({"decision": {"threshold": 0.5,
+        cfg = CacheConfig.model_validate({"lookup_deadline_ms": 5000, "decision": {"threshold": 0.5,
                                                        "judge": {"enabled": True, "min_score": 0.0, **judge_cfg}},
                                           "l1_max_bytes": 0})
         store = CacheStore(RedisConfig(url=redis_url, index_prefix=f"judge{uuid.uuid4().hex[:8]}"), embedder.dim)

@@ -1,39 +1,18 @@
-"""A lookup that overruns its budget once (a busy gateway, a short Redis stall) skips the cache for that
-request only; consecutive timeouts skip the store for everyone once a PING confirms that Redis, not
-the gateway, is slow. The stall is real: CLIENT PAUSE."""
+"""The store's breaker in the service, against the real Valkey: a lookup that overruns its budget once
+(a busy gateway, a short Redis stall) skips the cache for that request only; consecutive timeouts skip
+the store for everyone once a check run outside the event loop confirms that Redis, not the gateway,
+is slow; a readiness probe never switches the cache off; a Redis that is really gone is skipped at
+once. Stalls are real (CLIENT PAUSE, a blocked event loop, a stopped Valkey)."""
 
 from __future__ import annotations
 
 import asyncio
-import uuid
+import time
+from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
-
-from cache.config import CacheConfig, RedisConfig
-from cache.decision import build_rule
-from cache.embedder import MicroBatcher
-from cache.policy import CachePlan
-from cache.service import CacheService
-from cache.store import CacheStore
-
-
-def chat(q: str) -> dict[str, Any]:
-    return {"model": "smollm2", "temperature": 0, "messages": [{"role": "user", "content": q}]}
-
-
-async def service_with_entry(redis_url: str, embedder: Any, question: str,
-                             answer: str) -> tuple[CacheService, CacheStore, CachePlan]:
-    """A service (L1 off: every lookup reaches Redis; 50 ms budget; trips after 3 timeouts) holding
-    one stored answer, and the plan that finds it."""
-    cfg = CacheConfig.model_validate({"l1_max_bytes": 0})
-    store = CacheStore(RedisConfig(url=redis_url, index_prefix=f"trip{uuid.uuid4().hex[:8]}"), embedder.dim)
-    svc = CacheService(cfg, store, MicroBatcher(embedder), build_rule(cfg.decision), budget_ms=50,
-                       retry_after_s=30, trip_after_timeouts=3)
-    plan = svc.plan("chat", chat(question), "t", None, None)
-    await svc._store(plan, {"choices": [{"message": {"role": "assistant", "content": answer},
-                                         "finish_reason": "stop"}]}, None)
-    return svc, store, plan
+from service_helpers import hog_loop, service_with_entry
 
 
 async def test_one_timeout_does_not_trip_but_consecutive_ones_do(redis_url: str, embedder: Any) -> None:
@@ -49,26 +28,89 @@ async def test_one_timeout_does_not_trip_but_consecutive_ones_do(redis_url: str,
         await admin.execute_command("CLIENT", "PAUSE", 1500, "ALL")
         for _ in range(3):
             assert (await svc.lookup(plan)).hit is None
-        await asyncio.sleep(store.cfg.store_timeout_ms / 1000 + 0.1)  # the confirming PING gives up too
-        assert svc.degraded
+        await asyncio.sleep(store.cfg.store_timeout_ms / 1000 + 0.2)  # the confirming check gives up too
+        assert svc.degraded and svc.breaker.trips == 1
     finally:
         await asyncio.sleep(1.6)
         await admin.aclose()
         await store.aclose()
 
 
-async def test_timeouts_on_a_healthy_redis_do_not_trip(redis_url: str, embedder: Any) -> None:
-    """Lookups that overran their budget because the gateway was busy (a saturated event loop, a burst
-    on a cold connection pool), not because Redis was slow: the confirming PING answers, so the store
-    stays in use for everyone. (A busy loop cannot be staged reliably here: once the loop is free,
-    Redis's reply is read before the timeout fires; so the overruns are reported as the lookup does.)"""
+async def test_lookups_on_a_saturated_event_loop_never_trip(redis_url: str, embedder: Any) -> None:
+    """Concurrent lookups while the loop is held 80 ms at a time: budgets overrun on a healthy Redis
+    and confirming checks start, but they run in a thread, Redis answers them, and the store stays on."""
     svc, store, plan = await service_with_entry(redis_url, embedder, "What is the capital of Spain?", "Madrid.")
     try:
-        for _ in range(5):
-            svc._failed(TimeoutError(), "lookup")
-        assert svc._probe is not None
+        async def lookups() -> None:
+            for _ in range(10):
+                await asyncio.gather(*(svc.lookup(plan) for _ in range(8)))
+
+        await asyncio.gather(hog_loop(2.0), lookups())
         await svc.drain()
-        assert not svc.degraded and svc._timeouts == 0
+        assert svc.breaker.trips == 0 and not svc.degraded
         assert (await svc.lookup(plan)).hit is not None
     finally:
         await store.aclose()
+
+
+async def test_readiness_under_client_pause_never_trips(redis_url: str, embedder: Any) -> None:
+    """A readiness probe while Redis stalls: it reports the stall, and lookups keep using the store."""
+    svc, store, plan = await service_with_entry(redis_url, embedder, "What is the capital of Italy?", "Rome.")
+    admin = aioredis.from_url(redis_url)
+    try:
+        await admin.execute_command("CLIENT", "PAUSE", 800, "ALL")
+        assert await svc.ready() is False
+        assert svc.last_error is not None and not svc.degraded and svc.breaker.trips == 0
+        await asyncio.sleep(0.9)
+        assert (await svc.lookup(plan)).hit is not None
+        assert await svc.ready() is True and svc.last_error is None
+    finally:
+        await admin.aclose()
+        await store.aclose()
+
+
+async def test_readiness_on_a_saturated_event_loop_never_trips(redis_url: str, embedder: Any) -> None:
+    """Kubelet's probe arriving while the loop is busy: the check's verdict is Redis's, not the loop's."""
+    svc, store, plan = await service_with_entry(redis_url, embedder, "What is the capital of Peru?", "Lima.")
+    try:
+        results = await asyncio.gather(*(svc.ready() for _ in range(5)), hog_loop(1.0))
+        assert results[:5] == [True] * 5
+        assert svc.breaker.trips == 0 and not svc.degraded
+        assert (await svc.lookup(plan)).hit is not None
+    finally:
+        await store.aclose()
+
+
+async def test_a_stopped_redis_trips_at_once_and_comes_back(embedder: Any, tmp_path: Path) -> None:
+    """Real lookup failures still switch the store off: one refused connection, and every later lookup
+    skips the store without waiting; a readiness probe does not switch it back on while Redis is gone;
+    once Redis answers again the next check after retry_after_s restores it."""
+    from serving.local.processes import free_port, valkey_child, wait_redis
+
+    port = free_port()
+    url = f"redis://127.0.0.1:{port}/0"
+    child = valkey_child(port, tmp_path)
+    child.start()
+    svc = store = None
+    try:
+        wait_redis(child, port)
+        svc, store, plan = await service_with_entry(url, embedder, "What is the capital of Chile?", "Santiago.")
+        svc.breaker.retry_after_s = 0.5
+        assert (await svc.lookup(plan)).hit is not None
+        child.stop(grace_s=0.1)
+        assert (await svc.lookup(plan)).hit is None
+        assert svc.degraded and svc.breaker.trips == 1 and "lookup" in (svc.last_error or "")
+        started = time.perf_counter()
+        assert (await svc.lookup(plan)).hit is None
+        assert time.perf_counter() - started < 0.01  # skipped, not tried
+        assert await svc.ready() is False and svc.degraded
+        child = valkey_child(port, tmp_path)
+        child.start()
+        wait_redis(child, port)
+        await asyncio.sleep(0.6)
+        assert (await svc.lookup(plan)).hit is None  # the new Redis is empty; the store is in use again
+        assert not svc.degraded and svc.breaker.trips == 1
+    finally:
+        if store is not None:
+            await store.aclose()
+        child.stop()
