@@ -5,8 +5,9 @@ A. Real vLLM (CPU, SmolLM2): the same request direct and through the gateway, in
    concurrency 1 and 32. Gateway with the cache off (pure pass-through) and on (a miss: exact GET,
    embed, KNN, decision before the upstream call).
 B. Fast fake upstream: requests/s at concurrency 32, direct vs through the gateway (one worker).
-C. A fake upstream that always takes 50 ms: what a cache miss adds at concurrency 1, with the
-   speculative upstream call (default) and with the lookup first, against direct and pass-through.
+C. A fake upstream that always takes 50 ms: what a cache miss adds at concurrency 1 and 32, with the
+   speculative upstream call (default) and with the lookup first, against direct and pass-through;
+   and how often each cache gateway's store breaker tripped during the run.
 
 python loadtests/bench_passthrough.py [--vllm URL] [--n 200]
 Without --vllm a vLLM CPU server is started (about 30 s).
@@ -141,17 +142,23 @@ async def part_c(n: int, delay_ms: float) -> dict[str, Any]:
             {"role": "user", "content": f"What is the capital of country number {i}?"}]}
         ask = lambda i: {"model": "fake", "messages": [  # noqa: E731
             {"role": "user", "content": f"What is the population of country number {i}?"}]}
-        await paired({k: v for k, v in targets.items() if "cache miss" in k}, seed, n + 40, 8, False)
+        await paired({k: v for k, v in targets.items() if "cache miss" in k}, seed, 2 * n + 40, 8, False)
         await asyncio.sleep(1.0)
         await paired(targets, ask, 20, 1, False)  # warm-up
         out = {"c1": report(f"upstream that takes {delay_ms:.0f} ms, concurrency 1 (what a miss adds)",
-                            await paired(targets, lambda i: ask(i + 20), n, 1, False))}
+                            await paired(targets, lambda i: ask(i + 20), n, 1, False)),
+               "c32": report(f"upstream that takes {delay_ms:.0f} ms, concurrency 32 (what a miss adds under load)",
+                             await paired(targets, lambda i: ask(i + 20 + n), n, 32, False))}
         async with aiohttp.ClientSession() as s:
             for name in ("gateway (cache miss, speculative)", "gateway (cache miss, lookup first)"):
                 async with s.get(targets[name] + "/metrics") as r:
                     lines = [ln for ln in (await r.text()).splitlines()
-                             if ln.startswith("cachestack_cache_requests_total")]
-                print(f"  {name}: " + "; ".join(lines))
+                             if ln.startswith(("cachestack_cache_requests_total", "cachestack_cache_store_trips_total",
+                                               "cachestack_cache_bypass_total", "cachestack_cache_redis_up"))]
+                out[f"metrics {name}"] = lines
+                trips = sum(float(ln.rsplit(" ", 1)[1]) for ln in lines
+                            if ln.startswith("cachestack_cache_store_trips_total"))
+                print(f"  {name}: store trips {trips:g}; " + "; ".join(lines))
         return out
 
 
