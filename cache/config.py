@@ -66,7 +66,10 @@ class JudgeConfig(Strict):
 class DecisionConfig(Strict):
     """The semantic hit rule; see cache/decision.py."""
 
-    threshold: float = Field(0.80, ge=-1.0, le=1.0, description="cosine floor for a candidate")
+    threshold: float | None = Field(
+        None, ge=-1.0, le=1.0,
+        description="cosine floor for a candidate; None: the floor calibrated with the verifier for this "
+                    "embedder (verifier.json), or 0.93 without a verifier")
     top_k: int = Field(3, ge=1, le=50)
     verifier: Literal["none", "default"] | str = Field(
         "default", description="'none', 'default' (the shipped cross-encoder) or a path"

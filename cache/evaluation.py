@@ -9,6 +9,10 @@ pair labelled 1 is a true hit, a hit on a pair labelled 0 a false hit.
 - recall          true hits / pairs labelled 1
 - false_hit_rate  false hits / pairs labelled 0 (how often a question that needs another answer is
                   served a wrong one)
+- precision at a base rate: the precision the same rule would have on traffic where a share
+  ``base_rate`` of lookups has a true duplicate cached, pi*TPR / (pi*TPR + (1-pi)*FPR). Precision
+  measured on one file holds only at that file's own share of positives; ``precision_balanced`` is
+  the class-balanced value (pi = 0.5), which does not hinge on how a file was sampled.
 """
 
 from __future__ import annotations
@@ -210,6 +214,22 @@ class Point:
     def false_hit_rate(self) -> float:
         return self.false_hits / self.negatives if self.negatives else 0.0
 
+    @property
+    def base_rate(self) -> float:
+        """The share of pairs labelled 1: the base rate at which ``precision`` holds."""
+        total = self.positives + self.negatives
+        return self.positives / total if total else 0.0
+
+    def precision_at(self, base_rate: float) -> float:
+        """Precision on traffic with this share of true duplicates (same recall and false-hit rate)."""
+        tp = base_rate * self.recall
+        fp = (1.0 - base_rate) * self.false_hit_rate
+        return tp / (tp + fp) if tp + fp > 0 else 1.0
+
+    @property
+    def precision_balanced(self) -> float:
+        return self.precision_at(0.5)
+
 
 def point(ps: PairScores, threshold: float, verifier_threshold: float | None) -> Point:
     hit = hits_at(ps, threshold, verifier_threshold)
@@ -233,14 +253,18 @@ def sweep(ps: PairScores, threshold: float) -> list[Point]:
     return [point(ps, float(t), None) for t in knob_grid(ps) if t >= threshold - 1e-9]
 
 
-def best_at_precision(ps: PairScores, target: float, floors: Sequence[float] | None = None) -> Point | None:
+def best_at_precision(ps: PairScores, target: float, floors: Sequence[float] | None = None,
+                      base_rate: float | None = None) -> Point | None:
     """The settings with the most recall whose precision is at least ``target`` (exact, not a grid).
 
-    With a verifier every cosine floor in ``floors`` is tried with every verifier threshold that
-    changes the outcome; without, the cosine threshold alone is swept (guards stay on).
+    ``base_rate`` None means precision at the file's own share of positives; a value (0.5: class-
+    balanced) reweights the classes so the precision holds at that share instead. With a verifier
+    every cosine floor in ``floors`` is tried with every verifier threshold that changes the outcome;
+    without, the cosine threshold alone is swept (guards stay on).
     """
     pos = int(ps.label.sum())
     neg = len(ps.label) - pos
+    weights = _class_weights(pos, neg, base_rate)
     exact = ps.passed & np.array([r == "same query" for r in ps.reasons], dtype=bool)
     best: Point | None = None
     if ps.uses_verifier:
@@ -250,23 +274,33 @@ def best_at_precision(ps: PairScores, target: float, floors: Sequence[float] | N
                 continue
             base = ps.passed & (ps.cosine >= t) & ~exact
             cand = _best_cut(ps.score[base], ps.label[base], int((exact & (ps.label == 1)).sum()),
-                             int((exact & (ps.label == 0)).sum()), pos, neg, target)
+                             int((exact & (ps.label == 0)).sum()), target, weights)
             if cand and (best is None or (cand[1], -cand[3]) > (best.true_hits, -best.false_hits)):
                 v, tp, n, fp = cand
                 best = Point(float(t), v, n, tp, fp, pos, neg)
     else:
         base = ps.passed & ~exact
         cand = _best_cut(ps.cosine[base], ps.label[base], int((exact & (ps.label == 1)).sum()),
-                         int((exact & (ps.label == 0)).sum()), pos, neg, target)
+                         int((exact & (ps.label == 0)).sum()), target, weights)
         if cand:
             v, tp, n, fp = cand
             best = Point(max(v, ps.floor), None, n, tp, fp, pos, neg)
     return best
 
 
-def _best_cut(scores: np.ndarray, labels: np.ndarray, tp0: int, fp0: int, pos: int, neg: int,
-              target: float) -> tuple[float, int, int, int] | None:
-    """(cut, true hits, hits, false hits) for the lowest cut ``score >= cut`` keeping precision >= target."""
+def _class_weights(pos: int, neg: int, base_rate: float | None) -> tuple[float, float]:
+    """Weights of a true and a false hit so that weighted precision is precision at ``base_rate``."""
+    if base_rate is None or pos == 0 or neg == 0:
+        return 1.0, 1.0
+    if not 0.0 < base_rate < 1.0:
+        raise ValueError(f"base_rate must be in (0, 1), got {base_rate}")
+    return base_rate / pos, (1.0 - base_rate) / neg
+
+
+def _best_cut(scores: np.ndarray, labels: np.ndarray, tp0: int, fp0: int, target: float,
+              weights: tuple[float, float] = (1.0, 1.0)) -> tuple[float, int, int, int] | None:
+    """(cut, true hits, hits, false hits) for the lowest cut ``score >= cut`` keeping the (class-weighted)
+    precision >= target."""
     if len(scores) == 0:
         return None
     order = np.argsort(-scores, kind="stable")
@@ -274,24 +308,28 @@ def _best_cut(scores: np.ndarray, labels: np.ndarray, tp0: int, fp0: int, pos: i
     y = labels[order].astype(np.int64)
     tp = np.cumsum(y) + tp0
     n = np.arange(1, len(s) + 1) + tp0 + fp0
+    w_pos, w_neg = weights
+    wtp = w_pos * tp
+    precision = wtp / (wtp + w_neg * (n - tp))
     # only cut between distinct scores: everything tied with the cut is served too
     last_of_tie = np.r_[s[1:] != s[:-1], True]
-    ok = (tp / n >= target) & last_of_tie
+    ok = (precision >= target - 1e-12) & last_of_tie
     if not ok.any():
         return None
     idx = int(np.flatnonzero(ok)[np.argmax(tp[ok])])
     return float(s[idx]), int(tp[idx]), int(n[idx]), int(n[idx] - tp[idx])
 
 
-def recall_at_precision(ps: PairScores, threshold: float, target: float) -> float:
-    """The most recall at precision >= target, moving only the knob at cosine floor ``threshold``."""
+def recall_at_precision(ps: PairScores, threshold: float, target: float, base_rate: float | None = None) -> float:
+    """The most recall at precision >= target (at ``base_rate``, None: the file's own), moving only the
+    knob at cosine floor ``threshold``."""
     floors = [threshold] if ps.uses_verifier else None
     if not ps.uses_verifier:
         sub = PairScores(ps.cosine, ps.label, ps.passed & (ps.cosine >= threshold), ps.score, ps.reasons,
                          ps.floor, False)
-        best = best_at_precision(sub, target)
+        best = best_at_precision(sub, target, base_rate=base_rate)
     else:
-        best = best_at_precision(ps, target, floors)
+        best = best_at_precision(ps, target, floors, base_rate=base_rate)
     return best.recall if best else 0.0
 
 
@@ -321,7 +359,9 @@ class Summary:
             "hits": self.op.hits,
             "true_hits": self.op.true_hits,
             "false_hits": self.op.false_hits,
+            "base_rate": round(self.op.base_rate, 6),
             "precision": round(self.op.precision, 6),
+            "precision_balanced": round(self.op.precision_balanced, 6),
             "recall": round(self.op.recall, 6),
             "false_hit_rate": round(self.op.false_hit_rate, 6),
             "rule_ms_per_pair": round(self.rule_ms_per_pair, 4),
@@ -330,7 +370,8 @@ class Summary:
             out[f"recall_at_precision_{key}"] = round(value, 6)
         out["table"] = [
             {"threshold": p.threshold, "verifier_threshold": p.verifier_threshold, "precision": round(p.precision, 6),
-             "recall": round(p.recall, 6), "hits": p.hits, "false_hits": p.false_hits}
+             "precision_balanced": round(p.precision_balanced, 6), "recall": round(p.recall, 6), "hits": p.hits,
+             "false_hits": p.false_hits}
             for p in self.table
         ]
         return out
@@ -343,6 +384,7 @@ def summarise(ps: PairScores, settings: RuleSettings, verifier_name: str, guards
         vthr = default_verifier_threshold
     op = point(ps, settings.threshold, vthr)
     recall_at = {f"{p:.2f}": recall_at_precision(ps, settings.threshold, p) for p in (0.9, 0.95, 0.99)}
+    recall_at |= {f"{p:.2f}_balanced": recall_at_precision(ps, settings.threshold, p, 0.5) for p in (0.9, 0.95)}
     n = len(ps.label)
     return Summary(n, int(ps.label.sum()), n - int(ps.label.sum()), settings.threshold,
                    vthr if ps.uses_verifier else None, verifier_name, guards, op,
@@ -352,17 +394,19 @@ def summarise(ps: PairScores, settings: RuleSettings, verifier_name: str, guards
 def format_table(summary: Summary, every: int = 5) -> str:
     """The precision/recall table printed by ``cachestack eval``."""
     knob = "verifier_thr" if summary.verifier_threshold is not None else "cos_thr"
-    lines = [f"{knob:>12} {'precision':>9} {'recall':>7} {'hits':>7} {'false':>6}"]
+    lines = [f"{knob:>12} {'precision':>9} {'balanced':>8} {'recall':>7} {'hits':>7} {'false':>6}"]
     for i, p in enumerate(summary.table):
         if i % every and not _near_op(summary, p):
             continue
         value = p.verifier_threshold if p.verifier_threshold is not None else p.threshold
-        lines.append(f"{value:>12.3f} {p.precision:>9.4f} {p.recall:>7.4f} {p.hits:>7d} {p.false_hits:>6d}")
+        lines.append(f"{value:>12.3f} {p.precision:>9.4f} {p.precision_balanced:>8.4f} {p.recall:>7.4f} {p.hits:>7d} "
+                     f"{p.false_hits:>6d}")
     op = summary.op
     lines.append(
         f"at the configured settings (threshold {summary.threshold}, verifier_threshold "
         f"{summary.verifier_threshold}, verifier {summary.verifier}, guards {'on' if summary.guards else 'off'}): "
-        f"precision {op.precision:.4f}, recall {op.recall:.4f}, false-hit rate {op.false_hit_rate:.4f}, "
+        f"precision {op.precision:.4f} (at this file's {op.base_rate:.0%} positives; class-balanced "
+        f"{op.precision_balanced:.4f}), recall {op.recall:.4f}, false-hit rate {op.false_hit_rate:.4f}, "
         f"{op.hits} hits ({op.false_hits} false) on {summary.pairs} pairs"
     )
     lines.append("recall at precision " + ", ".join(f"{k}: {v:.4f}" for k, v in summary.recall_at.items()))

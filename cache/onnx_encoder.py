@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 
 
-def _model_digest(model_dir: Path) -> str:
+def model_digest(model_dir: Path) -> str:
+    """A short digest of a model folder's weights and config: names its ONNX export and its vector space."""
     h = hashlib.sha256()
     for name in ("model.safetensors", "pytorch_model.bin", "config.json"):
         f = model_dir / name
@@ -60,7 +61,7 @@ class OnnxEncoder:
         self.tokenizer.enable_truncation(max_length=self.max_length)
         pad = _pad_token(root)
         self.tokenizer.enable_padding(pad_id=self.tokenizer.token_to_id(pad) or 0, pad_token=pad)
-        path = Path(cache_dir).expanduser() / f"{root.name}-{_model_digest(root)}.onnx"
+        path = Path(cache_dir).expanduser() / f"{root.name}-{model_digest(root)}.onnx"
         if not path.is_file():
             export_in_child(root, path)
         opts = ort.SessionOptions()
@@ -149,7 +150,9 @@ def _export(model_dir: str, path: Path) -> None:
     import torch
     from sentence_transformers import SentenceTransformer
 
-    st_model = SentenceTransformer(model_dir, device="cpu", local_files_only=True)
+    # float32 graph even for weights stored as float16 (the shipped fine-tuned embedder): onnxruntime's
+    # CPU kernels are float32, and the upcast is exact
+    st_model = SentenceTransformer(model_dir, device="cpu", local_files_only=True).float()
     names = [n for n in ("input_ids", "attention_mask", "token_type_ids")
              if n in st_model.tokenizer.model_input_names]
     transformer = st_model[0].auto_model.eval()

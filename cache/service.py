@@ -27,7 +27,7 @@ from cache import metrics
 from cache.batching import Batcher, Busy
 from cache.breaker import CircuitBreaker, State
 from cache.config import CacheConfig
-from cache.decision import Candidate, Decision, DecisionRule, RuleSettings, decide_each
+from cache.decision import Candidate, Decision, DecisionRule, RuleSettings, decide_each, resolve_settings
 from cache.embedder import MicroBatcher
 from cache.keys import normalise_query
 from cache.l1 import L1Cache
@@ -299,10 +299,10 @@ class CacheService:
 
     async def _decide(self, plan: CachePlan, neighbours: list[Neighbour]) -> tuple[Neighbour, float] | None:
         ns = plan.settings
-        settings = RuleSettings(
-            threshold=ns.threshold if ns.threshold is not None else self.cfg.decision.threshold,
-            verifier_threshold=ns.verifier_threshold if ns.verifier_threshold is not None
-            else self.cfg.decision.verifier_threshold,
+        settings = resolve_settings(
+            self.rule,
+            ns.threshold if ns.threshold is not None else self.cfg.decision.threshold,
+            ns.verifier_threshold if ns.verifier_threshold is not None else self.cfg.decision.verifier_threshold,
         )
         candidates = [Candidate(n.entry_id, n.query, n.similarity) for n in neighbours]
         decision = await self._decider.submit((plan.query, candidates, settings), bounded=True)

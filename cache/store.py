@@ -101,7 +101,10 @@ class CacheStore:
     HNSW path) or tiny (a conversation: brute force over a few vectors).
     """
 
-    def __init__(self, cfg: RedisConfig, dim: int, client: Redis | None = None) -> None:
+    def __init__(self, cfg: RedisConfig, dim: int, client: Redis | None = None, *, embedder_id: str = "") -> None:
+        """``embedder_id`` names the vector space (cache.embedder.Embedder.identity): two models of one
+        dimension get separate indexes and keys, so a model switch never compares or serves vectors
+        of another model."""
         self.cfg = cfg
         self.dim = dim
         password = None
@@ -128,8 +131,9 @@ class CacheStore:
         self._probe_client = redis.Redis.from_pool(redis.BlockingConnectionPool.from_url(
             cfg.url, password=password, max_connections=2, timeout=cfg.store_timeout_ms / 1000.0,
             driver_info=DriverInfo(), **timeouts))
-        self.name_prefix = f"{cfg.index_prefix}-idx{dim}-"
-        self.key_prefix = f"{cfg.index_prefix}:e{dim}:"
+        space = f"{dim}-{embedder_id}" if embedder_id else str(dim)
+        self.name_prefix = f"{cfg.index_prefix}-idx{space}-"
+        self.key_prefix = f"{cfg.index_prefix}:e{space}:"
         self._indexes: dict[str, AsyncSearchIndex] = {}
         self._created: set[str] = set()
         self.hybrid_hint = cfg.knn_hybrid_policy != "none"  # off once a server rejects it (valkey-search)

@@ -7,7 +7,9 @@ time, about 1-3 ms per pair on one CPU thread.
 
 Its output is turned into a probability by a logistic layer over (cross-encoder logit, cosine) fitted
 on the calibration bucket (never on the check part); ``verifier.json`` holds that layer, the
-maximum length and the default verifier threshold that meets the shipped target.
+maximum length and the default floor and verifier threshold that meet the shipped target. The cosine
+is the embedder's, so the layer is fitted per embedder: ``calibrations`` maps an embedder name (the
+config's ``embedder.model``) to its own layer and defaults; the top-level values serve any other.
 """
 
 from __future__ import annotations
@@ -42,9 +44,10 @@ class VerifierError(RuntimeError):
 class CrossEncoderVerifier:
     """Scores (cached query, new query, cosine) triples; returns probabilities that they ask the same."""
 
-    def __init__(self, path: str | os.PathLike[str] | None = None, *, threads: int = 1) -> None:
+    def __init__(self, path: str | os.PathLike[str] | None = None, *, threads: int = 1,
+                 embedder: str | None = None) -> None:
         root = Path(path) if path else DEFAULT_VERIFIER_DIR
-        self.meta = self.read_meta(root)
+        self.meta = self.read_meta(root, embedder)
         try:
             import onnxruntime as ort
             from tokenizers import Tokenizer
@@ -65,13 +68,16 @@ class CrossEncoderVerifier:
         self.path = root
 
     @staticmethod
-    def read_meta(path: str | os.PathLike[str] | None) -> VerifierMeta:
+    def read_meta(path: str | os.PathLike[str] | None, embedder: str | None = None) -> VerifierMeta:
+        """The verifier's settings, with the calibration fitted for ``embedder`` when there is one."""
         root = Path(path) if path else DEFAULT_VERIFIER_DIR
         meta_file = root / "verifier.json"
         if not meta_file.is_file():
             raise VerifierError(f"verifier directory {root} has no verifier.json")
         raw = json.loads(meta_file.read_text())
-        return VerifierMeta(**{k: v for k, v in raw.items() if k in VerifierMeta.__slots__})
+        fitted = raw.get("calibrations", {}).get(embedder or "", {})
+        merged = {**raw, **fitted}
+        return VerifierMeta(**{k: v for k, v in merged.items() if k in VerifierMeta.__slots__})
 
     def logits(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
         """Raw cross-encoder logits for (cached, new) pairs, one onnxruntime run per pair.

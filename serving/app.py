@@ -61,13 +61,13 @@ def build_rule(settings: Settings) -> DecisionRule:
     factory = getattr(decision, "build_rule", None)
     if factory is None:
         return ThresholdRule()
-    return factory(settings.cache.decision)
+    return factory(settings.cache.decision, embedder=settings.embedder.model)
 
 
 async def build_cache(settings: Settings, batcher: MicroBatcher | None) -> CacheService | None:
     if not settings.cache.enabled or batcher is None:
         return None
-    store = CacheStore(settings.redis, batcher.embedder.dim)
+    store = CacheStore(settings.redis, batcher.embedder.dim, embedder_id=batcher.embedder.identity)
     service = CacheService(settings.cache, store, batcher, build_rule(settings),
                            budget_ms=settings.redis.lookup_budget_ms, retry_after_s=settings.redis.retry_after_s,
                            trip_after_timeouts=settings.redis.trip_after_timeouts)

@@ -3,7 +3,10 @@
 Embeds the check part once (same embedder and normalisation as serving) and runs each variant through
 cache.evaluation, as ``cachestack eval`` does.
 
-    python -m training.check_report [--part check] [--json /tmp/check-report.json]
+    python -m training.check_report [--embedder NAME] [--part check] [--json /tmp/check-report.json]
+
+Precision is given at the part's own share of duplicates (31%) and class-balanced (50%); "recall at
+P" is the most recall at that precision moving only the verifier threshold (balanced: at 50%).
 """
 
 from __future__ import annotations
@@ -37,16 +40,21 @@ def main() -> None:
     ap.add_argument("--qqp", default=DEFAULT_QQP)
     ap.add_argument("--part", default="check")
     ap.add_argument("--json")
+    ap.add_argument("--embedder", default="all-MiniLM-L6-v2")
+    ap.add_argument("--verifier", default=None, help="verifier directory (default: the shipped one)")
     args = ap.parse_args()
     pairs = list(read_pairs(args.qqp, args.part))
-    emb = MemoEmbedder(Embedder())
-    d = shipped_defaults()
+    emb = MemoEmbedder(Embedder(args.embedder))
+    shipped = build_rule({"verifier": args.verifier or "default", "guards": True}, embedder=args.embedder)
+    d = RuleSettings(shipped.default_floor, shipped.default_verifier_threshold)
     rows = []
 
     def report(name: str, rule: object, settings: RuleSettings, floor: float) -> None:
         ps = score_pairs(pairs, emb, rule, floor)
         vthr = settings.verifier_threshold if ps.uses_verifier else None
         op = point(ps, settings.threshold, vthr)
+        floor_or_cut = settings.threshold if ps.uses_verifier else floor
+        bal = {p: recall_at_precision(ps, floor_or_cut, p, 0.5) for p in (0.9, 0.95)}
         if ps.uses_verifier:
             rat = {p: recall_at_precision(ps, settings.threshold, p) for p in (0.9, 0.95, 0.99)}
             free = {p: (best_at_precision(ps, p, [round(f, 3) for f in np.arange(floor, 0.951, 0.025)]) or None)
@@ -56,10 +64,12 @@ def main() -> None:
             free = {p: best_at_precision(ps, p) for p in (0.9, 0.95, 0.99)}
         row = {
             "rule": name, "threshold": settings.threshold, "verifier_threshold": vthr,
-            "precision": round(op.precision, 4), "recall": round(op.recall, 4),
+            "precision": round(op.precision, 4), "precision_balanced": round(op.precision_balanced, 4),
+            "recall": round(op.recall, 4),
             "false_hit_rate": round(op.false_hit_rate, 4), "hits": op.hits,
             **{f"recall@P{p:.2f}": round(r, 4) for p, r in rat.items()},
             **{f"recall@P{p:.2f}_any_floor": round(b.recall, 4) if b else 0.0 for p, b in free.items()},
+            **{f"recall@P{p:.2f}_balanced": round(r, 4) for p, r in bal.items()},
             "ms_per_pair": round(1000 * ps.seconds / len(pairs), 3),
         }
         rows.append(row)
@@ -67,7 +77,6 @@ def main() -> None:
 
     report("cosine threshold 0.93 (baseline)", ThresholdRule(), RuleSettings(0.93), 0.5)
     report("cosine + guards", VerifiedRule(None, guards_enabled=True), RuleSettings(0.93), 0.5)
-    shipped = build_rule({"verifier": "default", "guards": True})
     no_guards = VerifiedRule(shipped.verifier, guards_enabled=False)
     report("cross-encoder + cosine, no guards", no_guards, d, d.threshold)
     report("shipped: floor + guards + cross-encoder", shipped, d, d.threshold)

@@ -39,6 +39,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     _common(c)
     c.add_argument("--target-precision", type=float, required=True, help="e.g. 0.95")
     c.add_argument("--min-threshold", type=float, default=0.5, help="lowest cosine floor tried (default 0.5)")
+    c.add_argument("--base-rate", type=float,
+                   help="share of lookups that have a true duplicate cached, at which the target precision must "
+                        "hold (default: the file's own share of label-1 pairs; 0.5 = class-balanced)")
     c.set_defaults(func=run_calibrate)
 
 
@@ -49,8 +52,8 @@ def _fail(msg: str) -> int:
 
 
 def _setup(args: argparse.Namespace) -> tuple[Any, Any, Any, list[tuple[str, str, int]]]:
-    """(settings, namespace name, rule settings, pairs) or raise ConfigError / PairsFileError."""
-    from cache.decision import RuleSettings
+    """(settings, namespace name, (threshold, verifier threshold) as configured, pairs) or raise
+    ConfigError / PairsFileError."""
     from cache.evaluation import load_pairs
 
     settings = load_config(args.config)
@@ -62,10 +65,8 @@ def _setup(args: argparse.Namespace) -> tuple[Any, Any, Any, list[tuple[str, str
         pairs = pairs[: args.limit]
     ns = settings.cache.namespaces[ns_name]
     d = settings.cache.decision
-    rs = RuleSettings(
-        threshold=ns.threshold if ns.threshold is not None else d.threshold,
-        verifier_threshold=ns.verifier_threshold if ns.verifier_threshold is not None else d.verifier_threshold,
-    )
+    rs = (ns.threshold if ns.threshold is not None else d.threshold,
+          ns.verifier_threshold if ns.verifier_threshold is not None else d.verifier_threshold)
     return settings, ns_name, rs, pairs
 
 
@@ -75,26 +76,24 @@ def _build(settings: Any) -> tuple[Any, Any]:
 
     e = settings.embedder
     embedder = embedder_from_config(e)
-    return embedder, build_rule(settings.cache.decision)
+    return embedder, build_rule(settings.cache.decision, embedder=e.model)
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from cache.decision import RuleSettings
+    from cache.decision import resolve_settings
     from cache.evaluation import PairsFileError, format_table, plot, score_pairs, summarise
     from cache.verifier import VerifierError
 
     try:
-        settings, _ns, rs, pairs = _setup(args)
+        settings, _ns, (threshold, vthr), pairs = _setup(args)
     except (ConfigError, PairsFileError) as exc:
         return _fail(str(exc))
-    if args.threshold is not None:
-        rs = RuleSettings(args.threshold, rs.verifier_threshold)
-    if args.verifier_threshold is not None:
-        rs = RuleSettings(rs.threshold, args.verifier_threshold)
     try:
         embedder, rule = _build(settings)
     except VerifierError as exc:
         return _fail(str(exc))
+    rs = resolve_settings(rule, args.threshold if args.threshold is not None else threshold,
+                          args.verifier_threshold if args.verifier_threshold is not None else vthr)
     ps = score_pairs(pairs, embedder, rule, rs.threshold)
     d = settings.cache.decision
     summary = summarise(ps, rs, str(d.verifier), bool(d.guards), getattr(rule, "default_verifier_threshold", None))
@@ -114,6 +113,8 @@ def run_calibrate(args: argparse.Namespace) -> int:
 
     if not 0.0 < args.target_precision <= 1.0:
         return _fail(f"--target-precision must be in (0, 1], got {args.target_precision}")
+    if args.base_rate is not None and not 0.0 < args.base_rate < 1.0:
+        return _fail(f"--base-rate must be in (0, 1), got {args.base_rate}")
     try:
         settings, ns_name, _rs, pairs = _setup(args)
     except (ConfigError, PairsFileError) as exc:
@@ -124,13 +125,17 @@ def run_calibrate(args: argparse.Namespace) -> int:
         return _fail(str(exc))
     ps = score_pairs(pairs, embedder, rule, args.min_threshold)
     floors = [float(f) for f in np.round(np.arange(args.min_threshold, 0.9751, 0.025), 4)]
-    best = best_at_precision(ps, args.target_precision, floors)
+    best = best_at_precision(ps, args.target_precision, floors, base_rate=args.base_rate)
     if best is None:
         print(f"cachestack: no settings reach precision {args.target_precision} on these pairs", file=sys.stderr)
         return 1
     vthr = None if best.verifier_threshold is None else math.floor(best.verifier_threshold * 1e6) / 1e6
-    print(f"# precision {best.precision:.4f}, recall {best.recall:.4f}, {best.hits} hits "
-          f"({best.false_hits} false) on {len(pairs)} pairs")
+    rate = best.base_rate if args.base_rate is None else args.base_rate
+    print(f"# precision {best.precision_at(rate):.4f} holds where {rate:.0%} of lookups have a true duplicate "
+          f"cached (this file: {best.base_rate:.0%}); recall {best.recall:.4f}, false-hit rate "
+          f"{best.false_hit_rate:.4f}, {best.hits} hits ({best.false_hits} false) on {len(pairs)} pairs")
+    print("# the same settings at other shares of duplicates: "
+          + ", ".join(f"{r:.0%}: precision {best.precision_at(r):.3f}" for r in (0.1, 0.3, 0.5, 0.7)))
     print("cache:")
     print("  namespaces:")
     print(f"    {ns_name}:")

@@ -135,3 +135,34 @@ def test_guards_only_rule_drops_near_misses_in_eval() -> None:
     ps = score_pairs(pairs, SameEmbedder(), VerifiedRule(None, guards_enabled=True), 0.9)
     assert ps.passed.tolist() == [False, True]
     assert ps.reasons[0].startswith("guard")
+
+
+def test_precision_at_a_base_rate_reweights_the_classes() -> None:
+    # 8 positives and 2 negatives: at the file's 80% positives precision is 6/7, but the same rule on
+    # balanced traffic (recall 6/8, false-hit rate 1/2) has precision 0.75 / (0.75 + 0.5) = 0.6
+    p = point(PairScores(np.ones(10, np.float32), np.array([1] * 8 + [0] * 2, np.int8),
+                         np.array([True] * 6 + [False] * 2 + [True, False]), np.ones(10, np.float32),
+                         ["verified"] * 10, 0.5, False), 0.5, None)
+    assert (p.true_hits, p.false_hits) == (6, 1)
+    assert p.precision == pytest.approx(6 / 7) and p.base_rate == pytest.approx(0.8)
+    assert p.precision_at(0.8) == pytest.approx(p.precision)
+    assert p.precision_balanced == pytest.approx(0.6)
+
+
+def test_balanced_calibration_is_stricter_where_positives_are_common() -> None:
+    # positives outnumber negatives 4:1; natural-mix precision 0.9 is reached at a lower cut than
+    # class-balanced precision 0.9, and the balanced cut really holds at base rate 0.5
+    rng = np.random.default_rng(11)
+    labels = np.array([1] * 800 + [0] * 200, np.int8)
+    score = np.clip(rng.normal(0.4 + 0.3 * labels, 0.15), 0, 1).astype(np.float32)
+    ps = PairScores(np.ones(1000, np.float32), labels, np.ones(1000, bool), score, ["verified"] * 1000, 0.5, True)
+    natural = best_at_precision(ps, 0.9, [0.5])
+    balanced = best_at_precision(ps, 0.9, [0.5], base_rate=0.5)
+    assert natural is not None and balanced is not None
+    assert balanced.verifier_threshold > natural.verifier_threshold
+    assert balanced.recall < natural.recall
+    assert natural.precision >= 0.9 and natural.precision_balanced < 0.9
+    assert point(ps, 0.5, balanced.verifier_threshold).precision_balanced >= 0.9
+    js = summarise(ps, RuleSettings(0.5, balanced.verifier_threshold), "x", True, None).to_json()
+    assert js["precision_balanced"] >= 0.9 and js["base_rate"] == pytest.approx(0.8)
+    assert js["recall_at_precision_0.90_balanced"] == pytest.approx(balanced.recall)

@@ -46,10 +46,10 @@ def answer(text: str) -> dict:
 async def make_store(redis_url: str) -> AsyncIterator[Callable[..., CacheStore]]:
     made: list[CacheStore] = []
 
-    def make(prefix: str | None = None, dim: int = DIM) -> CacheStore:
+    def make(prefix: str | None = None, dim: int = DIM, embedder_id: str = "") -> CacheStore:
         cfg = RedisConfig(url=redis_url, index_prefix=prefix or f"t{uuid.uuid4().hex[:12]}",
                           lookup_budget_ms=2000, store_timeout_ms=5000)
-        store = CacheStore(cfg, dim)
+        store = CacheStore(cfg, dim, embedder_id=embedder_id)
         made.append(store)
         return store
 
@@ -85,6 +85,22 @@ async def test_ensure_index_idempotent_and_restart_keeps_entries(make_store) -> 
     hits = await s2.knn(E1, tags(), 3)
     assert [h.entry_id.split(":", 1)[1] for h in hits] == ["e1"]
     assert await s2.count() == 1
+
+
+async def test_embedder_switch_of_one_dimension_never_mixes_vectors(make_store) -> None:
+    # stock and fine-tuned MiniLM both have 384 dimensions: the embedder's identity keeps them apart
+    prefix = f"t{uuid.uuid4().hex[:12]}"
+    stock, tuned = make_store(prefix, embedder_id="aaaa"), make_store(prefix, embedder_id="bbbb")
+    assert stock.name_prefix != tuned.name_prefix and stock.key_prefix != tuned.key_prefix
+    await stock.ensure_index()
+    await tuned.ensure_index()
+    await put(stock, "s", E1, tags())
+    assert await tuned.knn(E1, tags(), 5) == []
+    assert await tuned.get(tuned.entry_id(tags(), "s")) is None
+    assert await tuned.partitions() == []
+    await put(tuned, "t", E1, tags())
+    assert [h.entry_id.split(":", 1)[1] for h in await stock.knn(E1, tags(), 5)] == ["s"]
+    assert [h.entry_id.split(":", 1)[1] for h in await tuned.knn(E1, tags(), 5)] == ["t"]
 
 
 async def test_dimension_change_gets_its_own_index(make_store) -> None:
