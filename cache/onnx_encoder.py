@@ -106,10 +106,13 @@ def _read_sentence_transformers_config(root: Path) -> tuple[str, int]:
         raise ValueError(f"the onnx backend runs Transformer + Pooling (+ Normalize) models; this one has "
                          f"{sorted(kinds)}: use backend torch")
     pooling_cfg = json.loads((root / kinds["Pooling"]["path"] / "config.json").read_text())
-    modes = [k for k, on in pooling_cfg.items() if k.startswith("pooling_mode") and on]
-    if modes == ["pooling_mode_mean_tokens"]:
+    # sentence-transformers < 6 writes one boolean per mode, 6.x one "pooling_mode" string
+    mode = pooling_cfg.get("pooling_mode")
+    modes = [mode] if isinstance(mode, str) else [k for k, on in pooling_cfg.items()
+                                                   if k.startswith("pooling_mode") and on]
+    if modes in (["pooling_mode_mean_tokens"], ["mean"]):
         pooling = "mean"
-    elif modes == ["pooling_mode_cls_token"]:
+    elif modes in (["pooling_mode_cls_token"], ["cls"]):
         pooling = "cls"
     else:
         raise ValueError(f"the onnx backend supports mean or cls pooling, not {modes}: use backend torch")
