@@ -22,7 +22,7 @@ from starlette.responses import Response, StreamingResponse
 from cache.judge import judge_request, judge_verdict
 from cache.policy import CachePlan, PolicyError
 from cache.service import CacheHit, Lookup
-from serving import metrics
+from serving import failover, metrics
 from serving.protocol import ChatCompletionRequest, CompletionRequest, OpenAIError, SamplingFields, parse_request
 from serving.router import Replica, affinity_text
 from serving.streaming import StreamAssembler, replay
@@ -215,10 +215,9 @@ def _forward_body(gw: Gateway, body: dict[str, Any], raw: bytes, tenant: str) ->
 
 
 async def _call(gw: Gateway, path: str, affinity: str, data: bytes) -> tuple[int, bytes, str]:
-    replica = gw.router.choose(affinity)
+    replica, resp = await failover.send(gw.router, gw.upstream, affinity, path, data)
     ok = False
     try:
-        resp = await gw.upstream.post(replica.url, path, data)
         payload = await resp.read()
         ok = resp.status < 500
         if resp.status >= 500:
@@ -286,16 +285,7 @@ def _after_answer(gw: Gateway, plan: CachePlan | None, lookup: Lookup, answer: d
 
 async def _open_stream(gw: Gateway, path: str, affinity: str, data: bytes) -> OpenedStream | Response:
     """Send a streamed request; the open response to relay, or vLLM's refusal as a Response."""
-    replica = gw.router.choose(affinity)
-    try:
-        resp = await gw.upstream.post(replica.url, path, data)
-    except OpenAIError as exc:
-        gw.router.release(replica, False)
-        metrics.UPSTREAM_ERRORS.labels(str(exc.code)).inc()
-        raise
-    except asyncio.CancelledError:  # a hit or a client that left: not the replica's failure
-        gw.router.release(replica, True)
-        raise
+    replica, resp = await failover.send(gw.router, gw.upstream, affinity, path, data)
     if resp.status == 200:
         return OpenedStream(replica, resp)
     try:

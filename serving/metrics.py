@@ -18,6 +18,8 @@ REQUEST_SECONDS = Histogram("cachestack_request_seconds",
                             ["route", "cache"], buckets=LATENCY_BUCKETS)
 IN_FLIGHT = Gauge("cachestack_in_flight_requests", "Requests being handled now")
 UPSTREAM_ERRORS = Counter("cachestack_upstream_errors_total", "Upstream failures by kind", ["code"])
+UPSTREAM_RETRIES = Counter("cachestack_upstream_retries_total",
+                           "Requests sent to another replica after the first could not be reached")
 PROMPT_TOKENS = Counter("cachestack_upstream_prompt_tokens_total", "Prompt tokens sent to vLLM", ["model"])
 CACHED_PROMPT_TOKENS = Counter("cachestack_upstream_cached_prompt_tokens_total",
                                "Prompt tokens vLLM served from its prefix cache (usage.prompt_tokens_details)",

@@ -37,7 +37,7 @@ import logging
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -265,13 +265,18 @@ class Router:
         mean = (sum(loads) + 1) / len(loads)  # counting the request being placed
         return max(math.ceil(self.routing.load_factor * mean), math.floor(mean) + 1)
 
-    def choose(self, affinity: str) -> Replica:
-        """Pick a replica for a request whose stable prompt head is ``affinity``; count it in flight."""
+    def choose(self, affinity: str, exclude: Collection[Replica] = ()) -> Replica:
+        """Pick a replica for a request whose stable prompt head is ``affinity``; count it in flight.
+
+        ``exclude``: replicas this request already failed on (a retry goes elsewhere).
+        """
         if not self._replicas:
             raise NoReplica("no upstream replica configured or discovered")
         now = self._clock()
-        healthy = [r for r in self._replicas if r.available(now)]
+        healthy = [r for r in self._replicas if r.available(now) and r not in exclude]
         if not healthy:
+            if exclude:
+                raise NoReplica("no other upstream replica is available")
             raise NoReplica(f"all {len(self._replicas)} upstream replicas are ejected after failures")
         policy = self.routing.policy
         if policy == "round_robin":

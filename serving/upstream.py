@@ -20,6 +20,13 @@ from serving.config import UpstreamConfig
 from serving.protocol import OpenAIError
 
 
+class UpstreamUnreachable(OpenAIError):
+    """The request got no response byte back (connect refused or timed out, connection dropped
+    before the status line): the replica did not answer it, so another one may."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(502, message, "upstream_error", code="upstream_unreachable")
+
 
 def _broken_off(exc: BaseException, when: str) -> OpenAIError:
     """A response that started and then failed: 504 on a read timeout, 502 otherwise."""
@@ -91,15 +98,23 @@ class UpstreamClient:
         return self._session
 
     async def post(self, base_url: str, path: str, body: bytes) -> UpstreamResponse:
-        """Send a request and return once the status line and headers are in."""
+        """Send a request and return once the status line and headers are in.
+
+        Raises :class:`UpstreamUnreachable` when no response byte came back (nothing to relay, so
+        the caller may send the same bytes elsewhere), an :class:`OpenAIError` otherwise.
+        """
         try:
             resp = await self.session.post(base_url + path, data=body, headers=self._headers)
+        except aiohttp.ConnectionTimeoutError:
+            raise UpstreamUnreachable("upstream did not accept the connection in time") from None
         except asyncio.TimeoutError:
             raise OpenAIError(504, "upstream did not answer in time", "upstream_error",
                               code="upstream_timeout") from None
-        except aiohttp.ClientError as exc:
-            raise OpenAIError(502, f"upstream unreachable: {type(exc).__name__}", "upstream_error",
-                              code="upstream_unreachable") from None
+        except aiohttp.ClientConnectionError as exc:  # refused, reset, or closed before answering
+            raise UpstreamUnreachable(f"upstream unreachable: {type(exc).__name__}") from None
+        except aiohttp.ClientError as exc:  # it answered, but not in HTTP
+            raise OpenAIError(502, f"upstream answered badly: {type(exc).__name__}", "upstream_error",
+                              code="upstream_error") from None
         return UpstreamResponse(resp)
 
     async def get_json(self, url: str, timeout_s: float = 2.0) -> Any:
