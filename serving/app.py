@@ -25,6 +25,7 @@ from cache.store import CacheStore
 from cache.vectors import VectorCache
 from serving import generation, metrics
 from serving.auth import Authenticator
+from serving.cancellation import RequestLifetime
 from serving.catalog import ModelCatalog
 from serving.config import Settings
 from serving.embeddings import Embeddings, LocalModel, local_name
@@ -139,6 +140,8 @@ def create_app(settings: Settings, *, embedder: Embedder | None = None) -> FastA
     app = FastAPI(title="cachestack", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     for module in (chat, completions, embeddings, models, ops, admin):
         app.router.routes.extend(module.routes)
+    app.add_middleware(RequestLifetime, paths=[r.path for m in (chat, completions) for r in m.routes],
+                       timeout_s=settings.server.request_timeout_s)
 
     @app.exception_handler(OpenAIError)
     async def openai_error(_: Request, exc: OpenAIError) -> Response:

@@ -28,6 +28,11 @@ class ServerConfig(Strict):
     max_in_flight_per_tenant: int | None = Field(
         None, ge=1, description="more concurrent generation requests from one tenant get 429")
     access_log: bool = False
+    request_timeout_s: float = Field(
+        600.0, gt=0, description="a generation request unanswered after this gets 504; a stream still "
+        "running then ends with an error event")
+    shutdown_grace_s: float = Field(
+        30.0, ge=0, description="after SIGTERM, how long in-flight requests may finish before they are cut")
 
 
 class TimeoutConfig(Strict):

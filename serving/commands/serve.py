@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 
-from serving.config import ConfigError, load_config
+from serving.config import ConfigError, Settings, load_config
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -17,18 +18,31 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
+def _stopped(signum: int, _frame: object) -> None:
+    raise SystemExit(0)
+
+
+def serve_gateway(settings: Settings, host: str | None = None, port: int | None = None) -> None:
+    """Run the gateway until SIGINT/SIGTERM: uvicorn then stops accepting, lets in-flight requests
+    finish for ``server.shutdown_grace_s`` (cancelling what is left) and runs the lifespan shutdown
+    (background stores drained). uvicorn raises the signal again once it is done; for SIGTERM that
+    ends the process with status 0, since a drained stop is not a failure."""
     import uvicorn
 
     from serving.app import create_app
 
+    signal.signal(signal.SIGTERM, _stopped)
+    uvicorn.run(create_app(settings), host=host or settings.server.host, port=port or settings.server.port,
+                loop="uvloop", http="httptools", access_log=settings.server.access_log, log_level="info",
+                timeout_graceful_shutdown=settings.server.shutdown_grace_s)
+
+
+def run(args: argparse.Namespace) -> int:
     try:
         settings = load_config(args.config)
     except ConfigError as exc:
         print(f"cachestack: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    uvicorn.run(create_app(settings), host=args.host or settings.server.host, port=args.port or settings.server.port,
-                loop="uvloop", http="httptools", access_log=settings.server.access_log, log_level="info",
-                timeout_graceful_shutdown=30)
+    serve_gateway(settings, args.host, args.port)
     return 0

@@ -27,9 +27,7 @@ def with_stack(settings: Settings, vllm_urls: list[str], redis_url: str) -> Sett
 
 
 def run(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from serving.app import create_app
+    from serving.commands.serve import serve_gateway
     from serving.local.stack import start_stack
 
     try:
@@ -52,6 +50,5 @@ def run(args: argparse.Namespace) -> int:
         settings = with_stack(settings, stack.vllm_urls, stack.redis_url)
         print(f"cachestack: gateway on http://{settings.server.host}:{settings.server.port}/v1 "
               f"(model '{stack.served_model}'); Ctrl-C stops everything", file=sys.stderr)
-        uvicorn.run(create_app(settings), host=settings.server.host, port=settings.server.port, loop="uvloop",
-                    http="httptools", access_log=settings.server.access_log, log_level="info")
+        serve_gateway(settings)
     return 0
