@@ -56,6 +56,37 @@ def vllm_url() -> Iterator[str]:
         yield stack.vllm_urls[0]
 
 
+class OwnValkey:
+    """A Valkey + RediSearch of one test's own, to stop and start again (the session's is shared)."""
+
+    def __init__(self, log_dir: Path) -> None:
+        from serving.local.processes import free_port
+
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self._log_dir = log_dir
+        self._child: Any = None
+        self.start()
+
+    def start(self) -> None:
+        """Start it (empty: nothing is saved) and wait until it answers."""
+        from serving.local.processes import valkey_child, wait_redis
+
+        self._child = valkey_child(self.port, self._log_dir)
+        self._child.start()
+        wait_redis(self._child, self.port)
+
+    def stop(self, grace_s: float = 10.0) -> None:
+        self._child.stop(grace_s=grace_s)
+
+
+@pytest.fixture
+def own_valkey(tmp_path: Path) -> Iterator[OwnValkey]:
+    valkey = OwnValkey(tmp_path)
+    yield valkey
+    valkey.stop()
+
+
 @pytest.fixture(scope="session")
 def embedder() -> Any:
     from cache.embedder import Embedder

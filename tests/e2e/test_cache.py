@@ -229,46 +229,36 @@ def test_metrics_count_hits_similarity_and_savings(gw):
     assert 'cachestack_cache_stage_seconds_bucket{le="0.001",stage="embed"}' in text
 
 
-def test_redis_stopped_and_restarted_under_the_gateway(gateway_factory, vllm_url, tmp_path):
+def test_redis_stopped_and_restarted_under_the_gateway(gateway_factory, vllm_url, own_valkey):
     """Fail open: with Redis gone every request is still answered (MISS, from vLLM) within the budget,
-    /ready says degraded; when Redis is back (empty) the cache recreates its index and hits again."""
-    from serving.local.processes import free_port, valkey_child, wait_redis
+    /ready says degraded; when Redis is back (empty) the cache recreates its index and hits again.
+    (tests/e2e/test_faults.py does the same under load.)"""
+    gw = gateway_factory(vllm_url, own_valkey.url, redis={"lookup_budget_ms": 200, "retry_after_s": 0.5},
+                         cache=namespaces())
+    h = {"authorization": f"Bearer {KEYS['a']}"}
+    body = {"model": MODEL, "temperature": 0, "max_tokens": 24, "messages": [{"role": "user", "content": FRANCE}]}
+    post = lambda: httpx.post(gw.url + "/v1/chat/completions", json=body, headers=h, timeout=60)  # noqa: E731
+    post()
+    gw.drain()
+    assert post().headers["x-cache"] == "HIT"
+    gw.gw.cache.l1.clear()
 
-    port = free_port()
-    redis = valkey_child(port, tmp_path)
-    redis.start()
-    try:
-        wait_redis(redis, port)
-        gw = gateway_factory(vllm_url, f"redis://127.0.0.1:{port}/0",
-                             redis={"lookup_budget_ms": 200, "retry_after_s": 0.5}, cache=namespaces())
-        h = {"authorization": f"Bearer {KEYS['a']}"}
-        body = {"model": MODEL, "temperature": 0, "max_tokens": 24, "messages": [{"role": "user", "content": FRANCE}]}
-        post = lambda: httpx.post(gw.url + "/v1/chat/completions", json=body, headers=h, timeout=60)  # noqa: E731
-        post()
-        gw.drain()
-        assert post().headers["x-cache"] == "HIT"
-        gw.gw.cache.l1.clear()
+    own_valkey.stop(grace_s=0.1)
+    for _ in range(3):
+        r = post()
+        assert r.status_code == 200 and r.headers["x-cache"] == "MISS"
+        assert "paris" in r.json()["choices"][0]["message"]["content"].lower()
+    gw.drain()
+    ready = httpx.get(gw.url + "/ready").json()
+    assert ready["status"] == "ready" and ready["cache"] == "degraded"
+    assert "cachestack_cache_redis_up 0.0" in httpx.get(gw.url + "/metrics").text
 
-        redis.stop(grace_s=0.1)
-        for _ in range(3):
-            r = post()
-            assert r.status_code == 200 and r.headers["x-cache"] == "MISS"
-            assert "paris" in r.json()["choices"][0]["message"]["content"].lower()
-        gw.drain()
-        ready = httpx.get(gw.url + "/ready").json()
-        assert ready["status"] == "ready" and ready["cache"] == "degraded"
-        assert "cachestack_cache_redis_up 0.0" in httpx.get(gw.url + "/metrics").text
-
-        redis = valkey_child(port, tmp_path)
-        redis.start()
-        wait_redis(redis, port)
-        time.sleep(0.6)  # retry_after_s
-        assert post().headers["x-cache"] == "MISS"  # the new Redis is empty
-        gw.drain()
-        assert post().headers["x-cache"] == "HIT"
-        assert httpx.get(gw.url + "/ready").json()["cache"] == "ok"
-    finally:
-        redis.stop()
+    own_valkey.start()
+    time.sleep(0.6)  # retry_after_s
+    assert post().headers["x-cache"] == "MISS"  # the new Redis is empty
+    gw.drain()
+    assert post().headers["x-cache"] == "HIT"
+    assert httpx.get(gw.url + "/ready").json()["cache"] == "ok"
 
 
 def test_hanging_redis_is_skipped(gateway_factory, vllm_url):
@@ -407,8 +397,9 @@ def test_semantic_hit_cancels_its_speculative_upstream_call(gw, vllm_url):
     assert routed() - sent == 1  # the speculative call went out...
     time.sleep(1.5)  # longer than vLLM takes to answer this question here
     assert _generated(vllm_url) == before  # ...and was aborted, never completed
-    [replica] = httpx.get(gw.url + "/ready").json()["replicas"]
-    assert replica["healthy"] and replica["in_flight"] == 0
+    text = httpx.get(gw.url + "/metrics").text
+    assert re.search(r"^cachestack_route_replica_healthy\{[^}]*\} 1\.0$", text, re.M)
+    assert re.search(r"^cachestack_route_in_flight\{[^}]*\} 0\.0$", text, re.M)
 
 
 def test_miss_with_speculative_upstream_is_answered_and_stored_once(gw, vllm_url):
