@@ -107,13 +107,20 @@ def fake_upstream(delay_ms: float = 0.0) -> Iterator[str]:
 
 
 @contextmanager
-def gateway(config: dict[str, Any]) -> Iterator[str]:
-    """``cachestack serve`` as its own process (one worker, uvloop, httptools), as deployed."""
+def gateway_process(config: dict[str, Any]) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """``cachestack serve`` as its own process (one worker, uvloop, httptools), as deployed: URL and process."""
     port = free_port()
     config = {**config, "server": {**config.get("server", {}), "port": port}}
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as fh:
         yaml.safe_dump(config, fh)
     argv = [sys.executable, "-m", "serving.cli", "serve", "--config", fh.name]
-    with child(argv, f"http://127.0.0.1:{port}/health", {"HF_HUB_OFFLINE": "1"}):
+    with child(argv, f"http://127.0.0.1:{port}/health", {"HF_HUB_OFFLINE": "1"}) as proc:
         wait_url(f"http://127.0.0.1:{port}/ready")
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{port}", proc
+
+
+@contextmanager
+def gateway(config: dict[str, Any]) -> Iterator[str]:
+    """The gateway's URL; see :func:`gateway_process`."""
+    with gateway_process(config) as (url, _):
+        yield url
