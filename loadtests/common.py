@@ -80,12 +80,13 @@ def wait_url(url: str, timeout_s: float = 120.0) -> None:
 
 
 @contextmanager
-def child(argv: list[str], ready_url: str, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
+def child(argv: list[str], ready_url: str, env: dict[str, str] | None = None,
+          ready_timeout_s: float = 120.0) -> Iterator[subprocess.Popen[bytes]]:
     log = tempfile.NamedTemporaryFile(prefix="cachestack-bench-", suffix=".log", delete=False)
     proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
                             cwd=REPO)
     try:
-        wait_url(ready_url)
+        wait_url(ready_url, ready_timeout_s)
         yield proc
     except BaseException:
         print(Path(log.name).read_text()[-3000:], file=sys.stderr)
@@ -107,15 +108,15 @@ def fake_upstream(delay_ms: float = 0.0) -> Iterator[str]:
 
 
 @contextmanager
-def gateway_process(config: dict[str, Any]) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+def gateway_process(config: dict[str, Any], ready_timeout_s: float = 120.0) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """``cachestack serve`` as its own process (one worker, uvloop, httptools), as deployed: URL and process."""
     port = free_port()
     config = {**config, "server": {**config.get("server", {}), "port": port}}
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as fh:
         yaml.safe_dump(config, fh)
     argv = [sys.executable, "-m", "serving.cli", "serve", "--config", fh.name]
-    with child(argv, f"http://127.0.0.1:{port}/health", {"HF_HUB_OFFLINE": "1"}) as proc:
-        wait_url(f"http://127.0.0.1:{port}/ready")
+    with child(argv, f"http://127.0.0.1:{port}/health", {"HF_HUB_OFFLINE": "1"}, ready_timeout_s) as proc:
+        wait_url(f"http://127.0.0.1:{port}/ready", ready_timeout_s)
         yield f"http://127.0.0.1:{port}", proc
 
 

@@ -236,7 +236,7 @@ def report(res: Result) -> None:
 
 def run(vllm_url: str | None = None, redis_url: str | None = None, **kw: Any) -> Result:
     with local_stack(vllm_url, redis_url) as (vllm, redis_at):
-        with gateway_process(gateway_config(vllm, redis_at)) as (url, proc):
+        with gateway_process(gateway_config(vllm, redis_at), ready_timeout_s=600) as (url, proc):
             return asyncio.run(drive(url, proc.pid, redis_at, **kw))
 
 
