@@ -217,7 +217,7 @@ def local_stack(vllm_url: str | None, redis_url: str | None) -> Iterator[tuple[s
 
     cfg = LocalStackConfig(data_dir=str(REPO / ".cachestack"))
     with start_stack(cfg, redis=not redis_url, vllm=not vllm_url, vllm_ports=[free_port()],
-                     redis_port=free_port()) as stack:
+                     redis_port=free_port(), start_timeout_s=1800) as stack:
         yield vllm_url or stack.vllm_urls[0], redis_url or stack.redis_url
 
 
