@@ -29,6 +29,8 @@ from serving.local.processes import free_port
 pytestmark = pytest.mark.e2e
 
 MODELS = ["hang", "drop", "garbage", "badstatus", "error500", "midstream", "notjson", "dribble", "slow", "slowstream"]
+UPSTREAM_SEEN: dict[str, float] = {}
+"""model -> time.monotonic() at which the fake last received a request for it."""
 UPSTREAM_CLOSED: dict[str, float] = {}
 """model -> time.monotonic() at which the fake saw the gateway close that model's last connection."""
 
@@ -49,6 +51,7 @@ async def _handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) ->
                 await writer.drain()
                 continue
             model = body.get("model")
+            UPSTREAM_SEEN[model] = time.monotonic()
             if model == "hang":
                 await reader.read(1)  # returns when the gateway closes the connection
                 UPSTREAM_CLOSED[model] = time.monotonic()
@@ -485,7 +488,7 @@ def _serve(upstream: str, tmp_path, **server) -> tuple[subprocess.Popen, str]:
     proc = subprocess.Popen([sys.executable, "-m", "serving.cli", "serve", "--config", str(config)],
                             stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 300  # a loaded CI machine can take minutes to import and start
     while True:
         assert proc.poll() is None, (tmp_path / "gateway.log").read_text()
         try:
@@ -495,6 +498,14 @@ def _serve(upstream: str, tmp_path, **server) -> tuple[subprocess.Popen, str]:
             pass
         assert time.monotonic() < deadline, "gateway did not start"
         time.sleep(0.1)
+
+
+def _wait_seen(*models: str) -> None:
+    """Until the fake upstream has received a request for each of ``models``."""
+    deadline = time.monotonic() + 30
+    while not all(m in UPSTREAM_SEEN for m in models):
+        assert time.monotonic() < deadline, f"the gateway never sent {models} upstream"
+        time.sleep(0.02)
 
 
 def _refuses(url: str, within_s: float) -> bool:
@@ -519,9 +530,10 @@ def test_sigterm_drains_in_flight_requests_then_exits_0(fake_upstream, tmp_path)
             answers.append(post_to(url, model, stream=stream))
 
         asks = [threading.Thread(target=ask, args=a) for a in (("slow", False), ("slowstream", True))]
+        UPSTREAM_SEEN.clear()
         for t in asks:
             t.start()
-        time.sleep(0.5)  # both are in flight: slow answers after 2 s, slowstream ends after 2 s
+        _wait_seen("slow", "slowstream")  # both in flight: slow answers after 2 s, slowstream ends after 2 s
         proc.send_signal(signal.SIGTERM)
         signalled = time.monotonic()
         assert _refuses(url, 1.0), "still accepting connections after SIGTERM"
@@ -544,6 +556,7 @@ def test_sigterm_cuts_what_outlasts_the_grace_period(fake_upstream, tmp_path):
     proc, url = _serve(fake_upstream, tmp_path, shutdown_grace_s=1)
     try:
         UPSTREAM_CLOSED.pop("hang", None)
+        UPSTREAM_SEEN.clear()
         outcome: list = []
 
         def ask() -> None:
@@ -554,7 +567,7 @@ def test_sigterm_cuts_what_outlasts_the_grace_period(fake_upstream, tmp_path):
 
         t = threading.Thread(target=ask)
         t.start()
-        time.sleep(0.5)
+        _wait_seen("hang")
         proc.send_signal(signal.SIGTERM)
         signalled = time.monotonic()
         assert proc.wait(10) == 0

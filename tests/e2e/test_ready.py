@@ -39,7 +39,8 @@ def test_no_upstream_but_the_store_answers_is_ready_and_serves_hits(gateway_fact
     assert "127.0.0.1" not in r.text
     hit = httpx.post(gw.url + "/v1/chat/completions", json=Q, timeout=60)
     assert hit.status_code == 200 and hit.headers["x-cache"] == "HIT"
-    miss = httpx.post(gw.url + "/v1/chat/completions", json={**Q, "max_tokens": 13}, timeout=60)
+    other = {**Q, "messages": [{"role": "user", "content": "Write a haiku about autumn leaves."}]}
+    miss = httpx.post(gw.url + "/v1/chat/completions", json=other, timeout=60)
     assert miss.status_code == 502 and miss.json()["error"]["code"] == "upstream_unreachable"
 
 
