@@ -14,7 +14,6 @@ worker's samples to the master with locust's stats reports; the master merges th
 from __future__ import annotations
 
 import functools
-import json
 import os
 import random
 import sys
@@ -33,7 +32,7 @@ from locust.user.wait_time import constant_throughput
 
 from loadtests.workload.client import send_json, send_stream
 from loadtests.workload.pool import DEFAULT_POOL, Pool, ZipfSampler, load_pairs, load_pool
-from loadtests.workload.report import write_report
+from loadtests.workload.report import format_summary, write_report
 from loadtests.workload.samples import Collector
 from loadtests.workload.scenarios import SCENARIOS, WARM_RUN_ID, Settings, Workload, run_seed
 
@@ -111,9 +110,7 @@ def _quitting(environment: Any, **_: Any) -> None:
     started = getattr(environment, "cachestack_started", None)
     doc, problems = write_report(environment, COLLECTOR.samples, out, opts, pool_for(opts) if _needs_pool(opts) else None,
                                  time.time() - started if started else None)
-    print(json.dumps({k: doc[k] for k in ("requests", "failures", "rps", "latency_ms", "by_cache", "hit_rate",
-                                          "hit_rate_by_layer", "false_hits", "false_hit_rate",
-                                          "upstream_tokens_avoided_fraction", "ttft_ms", "errors")}, indent=1))
+    print(format_summary(doc))
     print(f"cachestack: summary in {out}/summary.json; {'PASSED' if not problems else 'FAILED: ' + '; '.join(problems)}")
     environment.process_exit_code = 1 if problems else 0
 

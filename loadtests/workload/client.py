@@ -84,32 +84,35 @@ def send_stream(user: FastHttpUser, req: Request) -> tuple[Sample, str]:
             return _sample(req, t, r.request_meta["response_time"], cache, "", error), ""
         parts: list[str] = []
         usage: dict[str, Any] = {}
-        finish, error, buf = "", "", ""
+        finish, error = "", ""
         first: float | None = None
         last = started
         chunks = 0
+        # geventhttpclient's own response: readline hands over each SSE line as it arrives (locust's
+        # iter_content waits for a full chunk_size of bytes, which would hide the time to first token)
+        stream = r._response
         try:
-            for raw in r.iter_content(chunk_size=4096):
-                buf += raw if isinstance(raw, str) else raw.decode("utf-8", "replace")
-                while "\n\n" in buf:
-                    event, buf = buf.split("\n\n", 1)
-                    data = event.removeprefix("data: ").strip()
-                    if not data or data == "[DONE]":
-                        continue
-                    doc = json.loads(data)
-                    if "error" in doc:
-                        error = "stream_error"
-                        continue
-                    usage = doc.get("usage") or usage
-                    for choice in doc.get("choices") or []:
-                        piece = (choice.get("delta") or {}).get("content") or choice.get("text") or ""
-                        finish = choice.get("finish_reason") or finish
-                        if piece:
-                            now = time.perf_counter()
-                            first = now if first is None else first
-                            last = now
-                            chunks += 1
-                            parts.append(piece)
+            while line := stream.readline(b"\n"):
+                line = line.strip()
+                if not line.startswith(b"data:"):
+                    continue
+                data = line[5:].strip()
+                if data == b"[DONE]":
+                    continue
+                doc = json.loads(data)
+                if "error" in doc:
+                    error = "stream_error"
+                    continue
+                usage = doc.get("usage") or usage
+                for choice in doc.get("choices") or []:
+                    piece = (choice.get("delta") or {}).get("content") or choice.get("text") or ""
+                    finish = choice.get("finish_reason") or finish
+                    if piece:
+                        now = time.perf_counter()
+                        first = now if first is None else first
+                        last = now
+                        chunks += 1
+                        parts.append(piece)
         except (OSError, ValueError) as exc:
             error = f"stream_{type(exc).__name__}"
         ms = (time.perf_counter() - started) * 1000

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -49,6 +50,7 @@ def write_report(environment: Any, samples: list[Sample], out: Path, opts: Any, 
         "intents": len(pool.intents) if pool is not None else None,
         "ended_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "loadtest_commit": _commit(),
         "workers": len(environment.runner.clients) if hasattr(environment.runner, "clients") else 0,
+        "load_average_at_end": [round(x, 1) for x in os.getloadavg()],  # a shared machine: how busy it was
     }
     near = {i.id: i.near_misses for i in pool.intents} if pool is not None else None
     doc = summarise(samples, duration_s=duration_s, near_misses=near, meta=meta)
@@ -62,3 +64,25 @@ def write_report(environment: Any, samples: list[Sample], out: Path, opts: Any, 
         plot(samples, out / "summary.png", f"cachestack locust: {opts.scenario}, {opts.total_users} users, "
              f"run {opts.run_id}", doc)
     return doc, problems
+
+
+def format_summary(doc: dict[str, Any]) -> str:
+    """The summary in a few lines, printed at the end of a run."""
+    c = doc["by_cache"]
+    lines = [
+        (f"run {doc['run_id']}: {doc['scenario']}, {doc['users']} users, {doc['duration_s']} s, "
+        f"{doc['requests']} requests ({doc['rps']} req/s), {doc['failures']} failed {doc['errors'] or ''}"),
+        f"latency p50 / p95 / p99: {doc['latency_ms']['p50']} / {doc['latency_ms']['p95']} / {doc['latency_ms']['p99']} ms",
+        *(f"  {k:<6} {c[k]['count']:>6}  p50 {c[k]['p50_ms']} ms  p99 {c[k]['p99_ms']} ms" for k in c),
+        (f"hit rate {doc['hit_rate']:.1%} by layer {doc['hit_rate_by_layer']}; hit p50 {doc['hit_p50_speedup']}x "
+        f"below miss p50"),
+        (f"semantic hits {doc['semantic_hits']}, false hits {doc['false_hits']} (rate {doc['false_hit_rate']:.2%}), "
+        f"unattributed {doc['unattributed_semantic_hits']}"),
+        (f"upstream tokens avoided {doc['upstream_tokens_avoided']} of {doc['upstream_tokens_total']} "
+        f"({doc['upstream_tokens_avoided_fraction']:.1%}); prefix-cached prompt tokens "
+        f"{doc['prefix_cache']['cached_fraction']:.1%}"),
+        (f"streams: TTFT p50 / p99 {doc['ttft_ms']['p50']} / {doc['ttft_ms']['p99']} ms, "
+        f"per token p50 {doc['latency_per_token_ms']['p50']} ms"),
+        "thresholds: " + ("passed" if doc["thresholds"]["passed"] else "FAILED: " + "; ".join(doc["thresholds"]["violations"])),
+    ]
+    return "\n".join(lines)

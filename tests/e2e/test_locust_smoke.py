@@ -1,0 +1,66 @@
+"""The locust workloads against the real stack (vLLM CPU, Valkey + RediSearch, MiniLM): a short mixed
+run in one process and a short faq run with two local workers (--processes 2); both must finish without one failed
+request, and the files of the summary folder must be there and agree with locust's own counts."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+REPO = Path(__file__).resolve().parents[2]
+
+
+def locust(host: str, out: Path, *args: str, timeout_s: float = 240) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "locust", "-f", str(REPO / "loadtests" / "locustfile.py"), "--headless",
+           "--only-summary", "--host", host, "--summary-dir", str(out), *args]
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout_s, check=False)
+
+
+def locust_requests(out: Path) -> int:
+    """Requests in locust's own stats CSV (without the METRIC rows of TTFT and per-token latency)."""
+    with open(out / "locust_stats.csv") as fh:
+        return sum(int(r["Request Count"]) for r in csv.DictReader(fh) if r["Type"] == "POST")
+
+
+def test_mixed_smoke_without_errors(gateway_factory, vllm_url, redis_url, tmp_path):
+    gw = gateway_factory(vllm_url, redis_url)
+    # --stop-timeout: requests in flight at the end finish and count (one process; a master does not wait)
+    run = locust(gw.url, tmp_path, "--scenario", "mixed", "-u", "4", "-r", "4", "-t", "30s", "--stop-timeout", "120",
+                 "--max-tokens", "16")
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    doc = json.loads((tmp_path / "summary.json").read_text())
+    assert doc["failures"] == 0 and doc["errors"] == {} and doc["thresholds"]["passed"]
+    assert doc["requests"] > 0 and doc["by_cache"]["MISS"]["count"] > 0
+    assert doc["requests"] == locust_requests(tmp_path)
+    for name in ("summary.png", "locust_report.html", "locust_failures.csv"):
+        assert (tmp_path / name).stat().st_size > 0
+
+
+def test_faq_with_two_workers_merges_on_the_master(gateway_factory, vllm_url, redis_url, tmp_path):
+    gw = gateway_factory(vllm_url, redis_url)
+    # a steep Zipf (the top intent is asked ~80% of the time) so that a short run must hit
+    run = locust(gw.url, tmp_path, "--scenario", "faq", "--processes", "2", "-u", "4", "-r", "4", "-t", "30s",
+                 "--zipf-s", "3", "--max-tokens", "16")
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    doc = json.loads((tmp_path / "summary.json").read_text())
+    assert doc["workers"] == 2 and doc["failures"] == 0
+    assert doc["requests"] == locust_requests(tmp_path)  # every worker's samples reached the master
+    assert doc["by_cache"]["HIT"]["count"] > 0 and doc["hit_rate"] > 0
+    assert doc["false_hit_rate"] <= 0.01 and doc["exact_hits_with_another_intents_answer"] == 0
+    assert doc["upstream_tokens_avoided"] > 0
+
+
+def test_a_failing_threshold_fails_the_run(gateway_factory, tmp_path):
+    """No Redis and no upstream behind this gateway: every request fails, so the run must exit non-zero."""
+    gw = gateway_factory("http://127.0.0.1:9", None)
+    run = locust(gw.url, tmp_path, "--scenario", "faq", "-u", "2", "-r", "2", "-t", "5s")
+    assert run.returncode == 1, run.stdout[-2000:]
+    doc = json.loads((tmp_path / "summary.json").read_text())
+    assert doc["failures"] > 0 and not doc["thresholds"]["passed"]
+    assert all(k.startswith("http_5") for k in doc["errors"])
