@@ -334,8 +334,8 @@ class CacheService:
 
     def _count_savings(self, model: str, answer: dict[str, Any]) -> None:
         usage = answer.get("usage") or {}
-        prompt = int(usage.get("prompt_tokens") or 0)
-        completion = int(usage.get("completion_tokens") or 0)
+        prompt = int(usage.get("prompt_tokens") or usage.get("input_tokens") or 0)  # chat's, or Responses'
+        completion = int(usage.get("completion_tokens") or usage.get("output_tokens") or 0)
         label = self.model_label(model)
         metrics.TOKENS_SAVED.labels("prompt", label).inc(prompt)
         metrics.TOKENS_SAVED.labels("completion", label).inc(completion)
@@ -461,6 +461,9 @@ class CacheService:
 
 
 def answer_text(answer: Mapping[str, Any]) -> str:
+    if answer.get("object") == "response":
+        return "".join(str(part.get("text") or "") for item in answer.get("output") or []
+                       for part in item.get("content") or [])
     choices = answer.get("choices") or [{}]
     first = choices[0]
     return str((first.get("message") or {}).get("content") or first.get("text") or "")

@@ -32,7 +32,7 @@ from serving.embeddings import Embeddings, LocalModel, local_name
 from serving.prefix_hygiene import PrefixHygiene
 from serving.protocol import OpenAIError, error_body
 from serving.router import Router
-from serving.routes import admin, chat, completions, embeddings, models, ops
+from serving.routes import admin, chat, completions, embeddings, models, ops, responses
 from serving.singleflight import SingleFlight
 from serving.upstream import UpstreamClient
 
@@ -138,7 +138,7 @@ def create_app(settings: Settings, *, embedder: Embedder | None = None) -> FastA
             await upstream.aclose()
 
     app = FastAPI(title="cachestack", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
-    for module in (chat, completions, embeddings, models, ops, admin):
+    for module in (chat, completions, responses, embeddings, models, ops, admin):
         app.router.routes.extend(module.routes)
     app.add_middleware(RequestLifetime, paths=[r.path for m in (chat, completions) for r in m.routes],
                        timeout_s=settings.server.request_timeout_s)
@@ -199,5 +199,5 @@ class RequestMetrics:
             model = scope.get("state", {}).get("model") if status < 400 or status >= 500 else None
             model = "none" if model is None else self.state.gw.catalog.label(model)
             metrics.REQUESTS.labels(path, model, str(status)).inc()
-            if path not in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings"):
+            if path not in ("/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/embeddings"):
                 metrics.REQUEST_SECONDS.labels(path, "none").observe(time.perf_counter() - started)

@@ -23,7 +23,10 @@ from cache.judge import judge_request, judge_verdict
 from cache.policy import CachePlan, PolicyError
 from cache.service import CacheHit, Lookup
 from serving import failover, metrics
-from serving.protocol import ChatCompletionRequest, CompletionRequest, OpenAIError, SamplingFields, parse_request
+from serving.protocol import (ChatCompletionRequest, CompletionRequest, OpenAIError, ResponsesRequest, SamplingFields,
+                              parse_request)
+from serving.responses_events import (ResponsesAssembler, fresh_response, owns_response, replay_events,
+                                      storable_response, tenant_response_id)
 from serving.router import Replica, affinity_text
 from serving.streaming import StreamAssembler, replay
 from serving.upstream import UpstreamResponse
@@ -31,9 +34,10 @@ from serving.upstream import UpstreamResponse
 if TYPE_CHECKING:
     from serving.app import Gateway
 
-KINDS: dict[str, tuple[str, type[SamplingFields]]] = {
+KINDS: dict[str, tuple[str, type[SamplingFields | ResponsesRequest]]] = {
     "chat": ("/v1/chat/completions", ChatCompletionRequest),
     "completion": ("/v1/completions", CompletionRequest),
+    "responses": ("/v1/responses", ResponsesRequest),
 }
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
@@ -104,6 +108,12 @@ async def _handle(request: Request, gw: Gateway, kind: str, tenant: str) -> Resp
     await gw.catalog.check(parsed.model)
     request.state.model = parsed.model
 
+    if kind == "responses" and gw.auth.multi_tenant:
+        previous = body.get("previous_response_id")
+        if isinstance(previous, str) and not owns_response(tenant, previous):  # as if it did not exist
+            raise OpenAIError(404, f"Response with id '{previous}' not found.", param="previous_response_id",
+                              code="response_not_found")
+        body = {**body, "request_id": tenant_response_id(tenant)}
     forward = _forward_body(gw, body, raw, tenant)
     plan: CachePlan | None = None
     if gw.cache is not None:
@@ -115,7 +125,7 @@ async def _handle(request: Request, gw: Gateway, kind: str, tenant: str) -> Resp
     result = "MISS" if plan is not None and (plan.lookup or plan.store) else "BYPASS"
     affinity = affinity_text(body)
     wants_usage = bool(parsed.stream and parsed.stream_options and parsed.stream_options.include_usage)
-    if parsed.stream and plan is not None and plan.store and not wants_usage:
+    if parsed.stream and plan is not None and plan.store and not wants_usage and kind != "responses":
         # usage is part of a stored answer (savings, replays that ask for it): ask vLLM for it and
         # drop the usage event on its way to this client, who did not ask
         forward = orjson.dumps({**orjson.loads(forward), "stream_options": {"include_usage": True}})
@@ -155,7 +165,7 @@ async def _handle(request: Request, gw: Gateway, kind: str, tenant: str) -> Resp
         if isinstance(outcome, Response):  # vLLM refused the request: its error, passed on
             outcome.headers.update(cache_headers(result))
             return outcome
-        assembler = StreamAssembler(kind, hide_usage=not wants_usage)
+        assembler = ResponsesAssembler() if kind == "responses" else StreamAssembler(kind, hide_usage=not wants_usage)
         return _relay_stream(gw, path, outcome, plan, lookup, assembler, result, started)
     status, data, ctype = outcome
     metrics.REQUEST_SECONDS.labels(path, result).observe(time.perf_counter() - started)
@@ -273,13 +283,14 @@ def _after_answer(gw: Gateway, plan: CachePlan | None, lookup: Lookup, answer: d
     """Cached-token metrics, and the store step for a complete answer (after it was sent)."""
     usage = answer.get("usage") or {}
     model = str(answer.get("model") or "unknown")
-    metrics.PROMPT_TOKENS.labels(model).inc(usage.get("prompt_tokens") or 0)
-    cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
+    metrics.PROMPT_TOKENS.labels(model).inc(usage.get("prompt_tokens") or usage.get("input_tokens") or 0)
+    details = usage.get("prompt_tokens_details") or usage.get("input_tokens_details") or {}
+    cached = details.get("cached_tokens") or 0
     if cached:
         metrics.CACHED_PROMPT_TOKENS.labels(model).inc(cached)
     if plan is not None and plan.store and gw.cache is not None:
         choices = answer.get("choices") or []
-        if choices and all(c.get("finish_reason") == "stop" for c in choices):
+        if storable_response(answer) or (choices and all(c.get("finish_reason") == "stop" for c in choices)):
             gw.cache.store_later(plan, answer, lookup.embedding)
 
 
@@ -299,7 +310,8 @@ async def _open_stream(gw: Gateway, path: str, affinity: str, data: bytes) -> Op
 
 
 def _relay_stream(gw: Gateway, path: str, opened: OpenedStream, plan: CachePlan | None,
-                  lookup: Lookup, assembler: StreamAssembler, result: str, started: float) -> Response:
+                  lookup: Lookup, assembler: StreamAssembler | ResponsesAssembler, result: str,
+                  started: float) -> Response:
     replica, resp = opened.replica, opened.resp
 
     async def relay() -> AsyncIterator[bytes]:
@@ -331,7 +343,9 @@ def _relay_stream(gw: Gateway, path: str, opened: OpenedStream, plan: CachePlan 
                              headers={**SSE_HEADERS, **cache_headers(result)})
 
 
-def _hit_response(hit: CacheHit, kind: str, parsed: SamplingFields) -> Response:
+def _hit_response(hit: CacheHit, kind: str, parsed: SamplingFields | ResponsesRequest) -> Response:
+    if kind == "responses":  # fresh response and item ids; a stream replays the typed events
+        return _response_hit(hit, parsed.stream)
     prefix = "chatcmpl" if kind == "chat" else "cmpl"
     new_id = f"{prefix}-cache-{uuid.uuid4().hex}"
     created = int(time.time())
@@ -344,3 +358,12 @@ def _hit_response(hit: CacheHit, kind: str, parsed: SamplingFields) -> Response:
     answer = {**hit.answer, "id": new_id, "created": created}
     return Response(orjson.dumps(answer), 200, media_type="application/json", headers=headers)
 
+
+
+def _response_hit(hit: CacheHit, stream: bool) -> Response:
+    answer = fresh_response(hit.answer)
+    headers = cache_headers("HIT", hit)
+    if stream:
+        return Response(b"".join(replay_events(answer)), 200, media_type="text/event-stream",
+                        headers={**SSE_HEADERS, **headers})
+    return Response(orjson.dumps(answer), 200, media_type="application/json", headers=headers)

@@ -12,6 +12,7 @@ so the official client's stream helpers read it exactly like one.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import time
 import uuid
@@ -127,3 +128,18 @@ def replay_events(answer: dict[str, Any]) -> Iterator[bytes]:
             yield event("response.content_part.done", **ids, part=part)
         yield event("response.output_item.done", output_index=index, item=item)
     yield event("response.completed", response=answer)
+
+
+def tenant_response_id(tenant: str) -> str:
+    """A response id bound to its tenant: ``resp_<tenant tag><random>``, sent to vLLM as ``request_id``
+    (vLLM names the response after it). vLLM keeps stored responses under bare ids for every caller,
+    so a ``previous_response_id`` is only forwarded when it carries the caller's own tag."""
+    return f"resp_{_tenant_tag(tenant)}{uuid.uuid4().hex}"
+
+
+def owns_response(tenant: str, response_id: str) -> bool:
+    return response_id.startswith(f"resp_{_tenant_tag(tenant)}")
+
+
+def _tenant_tag(tenant: str) -> str:
+    return hashlib.sha256(b"cachestack-response:" + tenant.encode()).hexdigest()[:12]

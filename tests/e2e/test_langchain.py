@@ -54,3 +54,15 @@ def test_chat_openai_answers_and_hits_the_cache(gw):
     assert hits(gw) == before + 1
     streamed = "".join(chunk.content for chunk in llm.stream("What is the capital of France?"))
     assert streamed == first.content and hits(gw) == before + 2
+
+
+def test_chat_openai_on_the_responses_api(gw):
+    from langchain_openai import ChatOpenAI
+
+    llm = ChatOpenAI(model=MODEL, base_url=gw.url + "/v1", api_key=KEY, temperature=0, max_tokens=24,
+                     max_retries=0, use_responses_api=True)
+    first = llm.invoke("What is the capital of Italy?")
+    gw.drain()
+    before = hits(gw)
+    second = llm.invoke("What is the capital of Italy?")
+    assert "rome" in first.text.lower() and second.text == first.text and hits(gw) == before + 1
