@@ -20,7 +20,9 @@ from typing import Any, TypeVar
 
 import numpy as np
 import orjson
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from redisvl.exceptions import RedisVLError
 
 from cache import metrics
@@ -38,6 +40,21 @@ log = logging.getLogger("cachestack.cache")
 T = TypeVar("T")
 Judge = Callable[[str, str, str], Awaitable[float | None]]
 STORE_ERRORS = (RedisError, RedisVLError, OSError, asyncio.TimeoutError)
+
+
+def timed_out(exc: BaseException | None) -> bool:
+    """Whether a failed call ran out of time rather than failing: our budget, redis-py's own socket
+    timeout (on a saturated loop it fires together with ours), a wait for a free pooled connection,
+    or any of these wrapped by redisvl. Such failures say nothing certain about Redis."""
+    seen = 0
+    while exc is not None and seen < 8:
+        if isinstance(exc, (TimeoutError, RedisTimeoutError)):
+            return True
+        if isinstance(exc, RedisConnectionError) and "no connection available" in str(exc).lower():
+            return True
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +118,7 @@ class CacheService:
         """A Redis round trip failed. An error opens the breaker; a timeout only counts, and enough
         of them in a row start a check (a saturated event loop overruns budgets on a healthy Redis)."""
         metrics.BYPASSES.labels(f"{op}_error").inc()
-        if isinstance(exc, TimeoutError):
+        if timed_out(exc):
             if self.breaker.timeout():
                 self._start_check()
             return

@@ -19,10 +19,12 @@ def chat(q: str) -> dict[str, Any]:
     return {"model": "smollm2", "temperature": 0, "messages": [{"role": "user", "content": q}]}
 
 
-def make_service(redis_url: str, embedder: Any, budget_ms: float = 50, **cache: Any) -> tuple[CacheService, CacheStore]:
+def make_service(redis_url: str, embedder: Any, budget_ms: float = 50, redis: dict[str, Any] | None = None,
+                 **cache: Any) -> tuple[CacheService, CacheStore]:
     """L1 off (every lookup reaches Redis), a 50 ms budget, trips after 3 timeouts."""
     cfg = CacheConfig.model_validate({"l1_max_bytes": 0, **cache})
-    store = CacheStore(RedisConfig(url=redis_url, index_prefix=f"trip{uuid.uuid4().hex[:8]}"), embedder.dim)
+    store = CacheStore(RedisConfig(url=redis_url, index_prefix=f"trip{uuid.uuid4().hex[:8]}", **(redis or {})),
+                       embedder.dim)
     svc = CacheService(cfg, store, MicroBatcher(embedder, max_waiting=cfg.semantic_max_queue),
                        build_rule(cfg.decision), budget_ms=budget_ms, retry_after_s=30, trip_after_timeouts=3)
     return svc, store

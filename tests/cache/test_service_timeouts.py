@@ -114,3 +114,51 @@ async def test_a_stopped_redis_trips_at_once_and_comes_back(embedder: Any, tmp_p
         if store is not None:
             await store.aclose()
         child.stop()
+
+
+def test_what_counts_as_running_out_of_time() -> None:
+    """redis-py's own socket timeout and a wait for a pooled connection fire on a saturated loop just as
+    the budget does, also when redisvl wraps them; a refused connection or a server error does not."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import ResponseError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+    from redisvl.exceptions import RedisSearchError
+
+    from cache.service import timed_out
+
+    def wrapped(inner: BaseException) -> BaseException:
+        try:
+            try:
+                raise inner
+            except Exception as exc:
+                raise RedisSearchError("index.exists failed") from exc
+        except RedisSearchError as outer:
+            return outer
+
+    assert timed_out(TimeoutError()) and timed_out(RedisTimeoutError("Timeout reading from socket"))
+    assert timed_out(RedisConnectionError("No connection available."))
+    assert timed_out(wrapped(RedisTimeoutError("Timeout connecting to server")))
+    assert not timed_out(RedisConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused."))
+    assert not timed_out(ResponseError("OOM command not allowed"))
+    assert not timed_out(wrapped(RedisConnectionError("Connection refused")))
+
+
+async def test_a_full_connection_pool_never_trips(redis_url: str, embedder: Any) -> None:
+    """One pooled socket, writes paused: stores queue for the socket and give up (a wait, not a Redis
+    failure); the store stays on for everyone."""
+    from service_helpers import chat, make_service
+
+    svc, store = make_service(redis_url, embedder, redis={"max_connections": 1, "store_timeout_ms": 300})
+    assert await svc.connect()
+    admin = aioredis.from_url(redis_url)
+    answer = {"choices": [{"message": {"role": "assistant", "content": "x"}, "finish_reason": "stop"}]}
+    try:
+        await admin.execute_command("CLIENT", "PAUSE", 1000, "WRITE")
+        for i in range(6):
+            svc.store_later(svc.plan("chat", chat(f"pool question {i}?"), "t", None, None), answer)
+        await svc.drain()
+        assert svc.breaker.trips == 0 and not svc.degraded
+    finally:
+        await admin.execute_command("CLIENT", "UNPAUSE")
+        await admin.aclose()
+        await store.aclose()
