@@ -117,9 +117,13 @@ def fingerprint(model: str, version: str, context: Any, params: Mapping[str, Any
     return _digest({"m": model, "v": version, "c": context, "p": dict(params)})
 
 
-def exact_key(fp: str, query: str) -> str:
-    """Key of an exact hit: the fingerprint plus the normalised query."""
-    return _digest({"f": fp, "q": query})
+def exact_key(fp: str, text: str) -> str:
+    """Key of an exact hit: the fingerprint plus the query's raw text, byte for byte.
+
+    Not the normalised query: whitespace is syntax in code and case changes a completion, so only
+    the identical text is the same request. Normalisation belongs to the semantic tier.
+    """
+    return _digest({"f": fp, "q": text})
 
 
 def canonical_messages(messages: list[Mapping[str, Any]]) -> list[dict[str, Any]]:

@@ -73,9 +73,9 @@ class CachePlan:
     settings: NamespaceConfig
     model: str
     fingerprint: str
-    query: str  # normalised last user turn (or the whole prompt); "" when there is none
+    query: str  # normalised last user turn (or the whole prompt), for the semantic tier; "" when none
     head: bool  # no earlier assistant turn: this fingerprint gathers many entries (store: KNN strategy)
-    exact_key: str
+    exact_key: str  # hashes the raw text: only the identical query is an exact hit
     lookup: bool
     store: bool
     semantic: bool
@@ -92,13 +92,13 @@ def _items(body: Mapping[str, Any]) -> list[Mapping[str, Any]]:
 
 
 def responses_context(body: Mapping[str, Any]) -> tuple[Any, str, bool, str]:
-    """(context, query, semantic, reason) of a Responses request: ``instructions`` and every input item
+    """(context, raw query text, semantic, reason) of a Responses request: ``instructions`` and every input item
     but a last user text are the context; that text (or a string ``input``) is the query. The context
     is tagged with the API, so a Responses entry never answers a chat request of the same text."""
     value = body.get("input")
     instructions = body.get("instructions")
     if isinstance(value, str):
-        return {"api": "responses", "instructions": instructions, "items": []}, normalise_query(value), True, ""
+        return {"api": "responses", "instructions": instructions, "items": []}, value, True, ""
     items = _items(body)
     last = items[-1] if items else {}
     is_message = last.get("type") in (None, "message")
@@ -107,7 +107,7 @@ def responses_context(body: Mapping[str, Any]) -> tuple[Any, str, bool, str]:
         context = {"api": "responses", "instructions": instructions, "items": canonical_messages(items)}
         return context, "", False, "last input item is not user text"
     context = {"api": "responses", "instructions": instructions, "items": canonical_messages(items[:-1])}
-    return context, normalise_query(text), True, ""
+    return context, text, True, ""
 
 
 def responses_state(cfg: CacheConfig, body: Mapping[str, Any]) -> str:
@@ -159,19 +159,19 @@ def make_plan(
         last_text = message_text(last.get("content")) if last.get("role") == "user" else None
         if last_text is None:
             context: Any = canonical_messages(messages)
-            query, semantic, reason = "", False, "last turn is not user text"
+            raw, semantic, reason = "", False, "last turn is not user text"
         else:
-            context = canonical_messages(messages[:-1])
-            query = normalise_query(last_text)
+            context, raw = canonical_messages(messages[:-1]), last_text
     elif kind == "responses":
-        context, query, semantic, reason = responses_context(body)
+        context, raw, semantic, reason = responses_context(body)
         head = not any(item.get("role") == "assistant" for item in _items(body)[:-1])
     else:
         prompt = body.get("prompt")
         if isinstance(prompt, str):
-            context, query = None, normalise_query(prompt)
+            context, raw = None, prompt
         else:
-            context, query, semantic, reason = prompt, "", False, "prompt is not one string"
+            context, raw, semantic, reason = prompt, "", False, "prompt is not one string"
+    query = normalise_query(raw)
 
     params = canonical_params({k: v for k, v in body.items() if k not in RESPONSES_CONTEXT_FIELDS}
                               if kind == "responses" else body)
@@ -204,7 +204,7 @@ def make_plan(
         store = False
 
     fp = fingerprint(model, f"{ns_name}:{ns.version}:{scope}", context, params)
-    key = exact_key(fp, query)
+    key = exact_key(fp, raw)
     return CachePlan(
         tenant=tenant, scope=scope, namespace=ns_name, settings=ns, model=model, fingerprint=fp,
         query=query, head=head, exact_key=key, lookup=lookup, store=store, semantic=semantic and (lookup or store),

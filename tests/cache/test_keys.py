@@ -242,3 +242,10 @@ def test_exact_key_differs_by_fingerprint_and_query() -> None:
     assert exact_key(f1, "q") != exact_key(f2, "q")
     assert exact_key(f1, "q") != exact_key(f1, "q2")
     assert exact_key(f1, "") != exact_key(f1, "q")
+
+
+def test_exact_key_is_byte_exact() -> None:
+    f = fingerprint("m", "1", None, {})
+    assert exact_key(f, "def f():\n    return") != exact_key(f, "def f(): return")
+    assert exact_key(f, "Hello") != exact_key(f, "hello")
+    assert exact_key(f, "hi ") != exact_key(f, "hi")

@@ -304,9 +304,25 @@ def test_system_prompt_is_context() -> None:
     assert a.fingerprint != b.fingerprint and a.semantic and b.semantic
 
 
-def test_query_normalised_for_exact_key() -> None:
-    assert plan(chat(q="How do I reset my password?")).exact_key == plan(chat(q="  how do I RESET my password")).exact_key
-    assert plan(chat(q="enable 2FA")).exact_key != plan(chat(q="disable 2FA")).exact_key
+def test_exact_key_hashes_the_raw_text_and_the_semantic_query_is_normalised() -> None:
+    a, b = plan(chat(q="How do I reset my password?")), plan(chat(q="  how do I RESET my password"))
+    assert a.exact_key != b.exact_key  # case, spaces and "?" differ: not the same request
+    assert a.query == b.query == "how do i reset my password"  # ... but the same question
+    assert plan(chat(q="How do I reset my password?")).exact_key == a.exact_key
+
+
+@pytest.mark.parametrize(("a", "b"), [
+    ("def f():\n    return 1", "def f(): return 1"),  # indentation is syntax
+    ("def f():\n    return 1", "def f():\n\treturn 1"),
+    ("SELECT * FROM Users", "select * from users"),
+    ("Translate: Hello World", "Translate: hello world"),
+    ("What is 5?", "What is 5"),
+])
+def test_whitespace_or_case_variants_never_share_an_exact_key(a: str, b: str) -> None:
+    assert plan(chat(q=a)).exact_key != plan(chat(q=b)).exact_key
+    completion = {"model": "m", "prompt": a, "temperature": 0}
+    assert plan(completion, kind="completions").exact_key != plan({**completion, "prompt": b}, kind="completions").exact_key
+    assert plan(completion, kind="completions").exact_key == plan(dict(completion), kind="completions").exact_key
 
 
 # -- Responses API ---------------------------------------------------------------------------
@@ -367,3 +383,8 @@ def test_responses_store_matters_only_with_an_upstream_that_stores() -> None:
     assert not plan(responses(), c=storing, kind="responses").lookup  # absent means true (OpenAI's default)
     assert not plan(responses(store=True), c=storing, kind="responses").store
     assert plan(responses(store=False), c=storing, kind="responses").lookup
+
+
+def test_responses_exact_key_hashes_the_raw_input() -> None:
+    a, b = plan(responses("def f():\n    return 1"), kind="responses"), plan(responses("def f(): return 1"), kind="responses")
+    assert a.exact_key != b.exact_key and a.query == b.query
