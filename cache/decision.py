@@ -8,6 +8,7 @@ serving scores the top-k candidates of one lookup in one call.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -92,7 +93,8 @@ class VerifiedRule:
     verifier scores the survivors in batches: first every item's nearest survivor, then the other
     survivors of the items that one did not settle. An item hits on its candidate with the highest
     verifier probability when that is at least ``settings.verifier_threshold`` (None: the shipped
-    model's calibrated default). An exact match of the normalised queries is always a hit.
+    model's calibrated default). An exact match of the normalised queries is always a hit. A pair
+    too long for the verifier to read whole is a miss ("too long to verify"), never a truncated read.
     Without a verifier (``verifier=None``) the score is the cosine and the guards still apply.
     """
 
@@ -139,6 +141,7 @@ class VerifiedRule:
                 elif i not in vetoed:
                     vetoed[i] = (c, reason)
         best: dict[int, tuple[Candidate, float]] = {}
+        too_long: dict[int, Candidate] = {}  # the verifier could not read the pair whole
         if self.verifier is None:
             for i, c in pending:
                 if i not in best or c.similarity > best[i][1]:
@@ -149,9 +152,9 @@ class VerifiedRule:
             first: dict[int, Candidate] = {}
             for i, c in pending:
                 first.setdefault(i, c)
-            self._score(list(first.items()), items, best)
-            unsettled = {i for i, (_, s) in best.items() if s < vthr}
-            self._score([(i, c) for i, c in pending if i in unsettled and c is not first[i]], items, best)
+            self._score(list(first.items()), items, best, too_long)
+            unsettled = {i for i in first if i not in best or best[i][1] < vthr}
+            self._score([(i, c) for i, c in pending if i in unsettled and c is not first[i]], items, best, too_long)
         for i in range(len(items)):
             if out[i] is not None:
                 continue
@@ -163,20 +166,25 @@ class VerifiedRule:
                     out[i] = Decision(True, c, s, "verified")
                 else:
                     out[i] = Decision(False, c, s, "verifier rejected")
+            elif i in too_long:
+                out[i] = Decision(False, too_long[i], 0.0, "too long to verify")
             else:
                 c, reason = vetoed[i]
                 out[i] = Decision(False, c, 0.0, f"guard: {reason}")
         return [d for d in out if d is not None]
 
     def _score(self, pairs: Sequence[tuple[int, Candidate]], items: Sequence[tuple[str, Sequence[Candidate]]],
-               best: dict[int, tuple[Candidate, float]]) -> None:
-        """Verifier probabilities for (item index, candidate) pairs in one batch; keeps each item's best."""
+               best: dict[int, tuple[Candidate, float]], too_long: dict[int, Candidate]) -> None:
+        """Verifier probabilities for (item index, candidate) pairs in one batch; keeps each item's best.
+        A pair the verifier cannot read whole (NaN) is never a hit: it goes to ``too_long``."""
         if not pairs or self.verifier is None:
             return
         scores = self.verifier.probabilities([(c.query, items[i][0]) for i, c in pairs],
                                              [c.similarity for _, c in pairs])
         for (i, c), p in zip(pairs, scores, strict=True):
-            if i not in best or float(p) > best[i][1]:
+            if math.isnan(p):
+                too_long.setdefault(i, c)
+            elif i not in best or float(p) > best[i][1]:
                 best[i] = (c, float(p))
 
 

@@ -7,9 +7,14 @@ time, about 1-3 ms per pair on one CPU thread.
 
 Its output is turned into a probability by a logistic layer over (cross-encoder logit, cosine) fitted
 on the calibration bucket (never on the check part); ``verifier.json`` holds that layer, the
-maximum length and the default floor and verifier threshold that meet the shipped target. The cosine
-is the embedder's, so the layer is fitted per embedder: ``calibrations`` maps an embedder name (the
-config's ``embedder.model``) to its own layer and defaults; the top-level values serve any other.
+length the model was trained at and the default floor and verifier threshold that meet the shipped
+target. The cosine is the embedder's, so the layer is fitted per embedder: ``calibrations`` maps an
+embedder name (the config's ``embedder.model``) to its own layer and defaults; the top-level values
+serve any other.
+
+A pair is always read whole: two questions that share a long start and differ at their end must not
+be judged on the start alone. A pair longer than ``max_pair_tokens`` (the model's position limit)
+is not scored at all (NaN): the rule answers it as a miss, never from a truncated read.
 """
 
 from __future__ import annotations
@@ -28,7 +33,12 @@ DEFAULT_VERIFIER_DIR = Path(__file__).parent / "models" / "verifier"
 @dataclass(frozen=True, slots=True)
 class VerifierMeta:
     model_file: str = "model_int8.onnx"
-    max_length: int = 64
+    max_length: int = 64  # tokens a training pair was cut to; serving reads pairs whole (max_pair_tokens)
+    # The longest pair scored, [CLS] and [SEP]s included: BERT-style position embeddings stop at 512.
+    # Reading a pair whole is never slower than needed: one pair per run, so no padding.
+    # (loadtests/bench_verifier_length.py: the logit AUC on QQP pairs past 64 tokens is 0.944 read at
+    # 64 and 0.950 read whole)
+    max_pair_tokens: int = 512
     # p = sigmoid(bias + w_logit * logit + w_cos * cosine)
     bias: float = 0.0
     w_logit: float = 1.0
@@ -64,7 +74,7 @@ class CrossEncoderVerifier:
         self.session = ort.InferenceSession(str(model_file), opts, providers=["CPUExecutionProvider"])
         self.input_names = {i.name for i in self.session.get_inputs()}
         self.tokenizer = Tokenizer.from_file(str(root / "tokenizer.json"))
-        self.tokenizer.enable_truncation(max_length=self.meta.max_length)
+        self.tokenizer.no_truncation()
         self.path = root
 
     @staticmethod
@@ -87,9 +97,14 @@ class CrossEncoderVerifier:
         same pair alone and in a batch of 4) and a borderline pair could hit or miss by the company it
         keeps. One pair per run makes serving, eval and calibration agree exactly; it costs ~1.8 ms
         per pair against ~1.2 ms in batches of 32 here.
+
+        A pair longer than ``max_pair_tokens`` gets NaN: it cannot be read whole.
         """
         out = np.zeros(len(pairs), dtype=np.float32)
         for i, enc in enumerate(self.tokenizer.encode_batch([(a, b) for a, b in pairs])):
+            if len(enc.ids) > self.meta.max_pair_tokens:
+                out[i] = np.nan
+                continue
             feed = {
                 "input_ids": np.array([enc.ids], dtype=np.int64),
                 "attention_mask": np.array([enc.attention_mask], dtype=np.int64),
@@ -100,7 +115,7 @@ class CrossEncoderVerifier:
         return out
 
     def probabilities(self, pairs: Sequence[tuple[str, str]], cosines: Sequence[float]) -> np.ndarray:
-        """Calibrated probability that each pair asks the same thing."""
+        """Calibrated probability that each pair asks the same thing; NaN for a pair too long to read."""
         if not pairs:
             return np.zeros(0, dtype=np.float32)
         z = self.logits(pairs)

@@ -162,3 +162,44 @@ def test_verifier_scores_the_nearest_survivor_first_and_the_rest_only_when_neede
                               Candidate("y", "what is the best pasta sauce", 0.82)])], shipped_defaults())
     assert not d.hit
     assert [len(batch) for batch in scored] == [1, 1]  # the nearest first, then the other
+
+
+# -- long pairs: the verifier reads both whole texts -----------------------------------------
+
+LONG_START = ("I bought a laptop from your online store three weeks ago. It arrived with a cracked screen, the "
+              "charger does not fit the socket, and the keyboard is missing two keys. I have photos of the box "
+              "and of the damage, and the courier's delivery note says the parcel was left at my door. ")
+
+
+def test_a_pair_that_differs_only_past_64_tokens_is_judged_on_its_end(embedder: Embedder, rule: VerifiedRule) -> None:
+    """The ends differ after ~70 tokens of shared text: a read cut to 64 tokens scores the two pairs alike."""
+    assert rule.verifier is not None
+    cached = normalise_query(LONG_START + "Can I get a full refund?")
+    reworded = normalise_query(LONG_START + "Is a full refund possible?")
+    other = normalise_query(LONG_START + "Can I get a replacement unit instead?")
+    assert len(rule.verifier.tokenizer.encode(cached, other).ids) > 2 * rule.verifier.meta.max_length
+    (_, [c_re]), (_, [c_other]) = item(embedder, [cached], reworded), item(embedder, [cached], other)
+    p_re, p_other = rule.verifier.probabilities([(cached, reworded), (cached, other)],
+                                                [c_re.similarity, c_other.similarity])
+    assert p_re - p_other > 0.2, (p_re, p_other)
+    # at a threshold the reworded ending meets, the other ending is still refused
+    s = RuleSettings(threshold=0.8, verifier_threshold=float(p_re) - 0.01)
+    d_re, d_other = rule.decide([(reworded, [c_re]), (other, [c_other])], s)
+    assert d_re.hit and d_re.reason == "verified"
+    assert not d_other.hit and d_other.reason == "verifier rejected"
+
+
+def test_a_pair_too_long_to_read_whole_is_a_miss_not_a_truncated_read(rule: VerifiedRule) -> None:
+    assert rule.verifier is not None
+    long_a = " ".join(["x1"] * 320)  # 959 characters (the semantic tier takes 1,000), 640 tokens
+    long_b = long_a + " y1"
+    assert len(long_b) <= 1000 and len(rule.verifier.tokenizer.encode(long_a, long_b).ids) > 512
+    [p] = rule.verifier.probabilities([(long_a, long_b)], [0.99])
+    assert p != p  # NaN: not scored
+    [d] = rule.decide([(long_b, [Candidate("a", long_a, 0.99)])], RuleSettings(threshold=0.8, verifier_threshold=0.0))
+    assert not d.hit and d.reason == "too long to verify" and d.candidate is not None
+    # the same item with a short neighbour that does verify still hits on it
+    short = Candidate("b", "x1 x2", 0.95)
+    [d] = rule.decide([("x1 x2 x3", [Candidate("a", long_a, 0.99), short])],
+                      RuleSettings(threshold=0.8, verifier_threshold=0.0))
+    assert d.hit and d.candidate == short
