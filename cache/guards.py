@@ -9,10 +9,14 @@ right for the new query, or None. They only ever veto; they never turn a miss in
 - negation:  one query is negated and the other is not ("can i" vs "can't i", "with" vs "without").
 - antonym:   one query has a word and the other its opposite, without the word itself
              ("enable 2fa" vs "disable 2fa", "upload" vs "download", "buy" vs "sell").
-- direction: the same words, but what follows a directional word differs
-             ("from usd to eur" vs "from eur to usd", "faster than java" vs "faster than python").
+- direction: what one query moves from, the other moves to, however worded ("from savings to
+             checking" vs "move money to savings from checking", "100 cad in eur" vs "100 eur to cad"),
+             or the same words with a different word after a directional one ("faster than java" vs
+             "faster than python").
 - time:      the time expressions differ ("today" vs "tomorrow", "last week" vs "next week", "monday" vs
              "friday", "in march" vs "in may").
+- identifier: each query holds an identifier (email, url, path, file name, version, code, quoted
+             string; cache/identifiers.py) the other lacks ("reference code qwertyu" vs "... zxcvbnm").
 
 The guards were checked on the tuning part of the QQP-style pairs for the recall they cost (see
 docs/decision-quality.md); each costs little recall there and catches the near-misses users report.
@@ -23,6 +27,8 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Callable
+
+from cache import identifiers
 
 _TOKEN = re.compile(r"[a-z0-9]+(?:'[a-z]+)?|[^\sa-z0-9]")
 _NUMBER = re.compile(r"(?<![a-z])\d+(?:[.,]\d+)*")
@@ -181,8 +187,37 @@ def _objects(toks: list[str]) -> Counter[tuple[str, str]]:
     return out
 
 
+_SOURCE = {"from"}
+_TARGET = {"to", "into", "onto", "towards", "toward"}
+_AMOUNT_IN = re.compile(r"\b\d+(?:[.,]\d+)?\s+([a-z]+)\s+(?:in|to|into)\s+([a-z]+)")
+_NOT_OBJECT = {"new", "old", "current", "other", "main", "own", "another", "different", "all", "everything"}
+
+
+def _route(toks: list[str], text: str) -> tuple[str | None, str | None]:
+    """(source, target): the first content word after "from" and after "to"/"into", or of
+    "100 usd in eur" (an amount's unit and what it becomes)."""
+    source = target = None
+    for i, t in enumerate(toks):
+        if t in _SOURCE or t in _TARGET:
+            nxt = next((w for w in toks[i + 1 :] if w.isalpha() and w not in STOPWORDS
+                        and w not in DIRECTIONAL and w not in _NOT_OBJECT), None)
+            if t in _SOURCE and source is None:
+                source = nxt
+            elif t in _TARGET and target is None:
+                target = nxt
+    m = _AMOUNT_IN.search(text)
+    if m and source is None and target is None:
+        source, target = m.group(1), m.group(2)
+    return source, target
+
+
 def direction_guard(a: str, b: str) -> str | None:
     ta, tb = tokens(a), tokens(b)
+    (sa, da), (sb, db) = _route(ta, a), _route(tb, b)
+    # reworded, but what one moves from the other moves to ("from savings to checking" vs
+    # "move funds into savings from checking")
+    if (sa is not None and sa == db and sa != da) or (da is not None and da == sb and sa != da):
+        return f"direction differs ({sa} / {da})"
     if ta == tb or _content(ta) != _content(tb):
         return None  # not a reordering of the same words; the other checks judge it
     oa, ob = _objects(ta), _objects(tb)
@@ -216,12 +251,20 @@ def time_guard(a: str, b: str) -> str | None:
     return None
 
 
+def identifier_guard(a: str, b: str) -> str | None:
+    found = identifiers.swapped(a, b)
+    if found is not None:
+        return f"identifier differs ({found[0]})"  # the kind only: reasons are logged, queries are not
+    return None
+
+
 GUARDS: dict[str, Callable[[str, str], str | None]] = {
     "numbers": number_guard,
     "negation": negation_guard,
     "antonym": antonym_guard,
     "direction": direction_guard,
     "time": time_guard,
+    "identifier": identifier_guard,
 }
 
 

@@ -25,6 +25,12 @@ NEAR_MISSES = [
     ("Write two paragraphs about dogs", "Write three paragraphs about dogs", "numbers"),
     ("How to increase my credit limit", "How to decrease my credit limit", "opposite"),
     ("Transfer money from savings to checking", "Transfer money from checking to savings", "direction"),
+    ("Move funds from my savings account into checking", "What's the way to transfer from checking to savings?",
+     "direction"),
+    ("Forward all mail from Yahoo Mail to Gmail", "Set up forwarding from Gmail to Yahoo Mail", "direction"),
+    ("What is 100 CAD in EUR?", "How much is 100 EUR when changed to CAD?", "direction"),
+    ("Transfer everything from my tablet to my new laptop", "Migrate my data from the laptop to the tablet",
+     "direction"),
 ]
 
 PARAPHRASES = [
@@ -35,6 +41,8 @@ PARAPHRASES = [
     ("Flights from Paris to London", "Cheap flights from Paris to London"),
     ("Why can't I log in to the app?", "Why am I not able to log in to the app"),
     ("What is the weather today in Berlin", "Today's weather in Berlin"),
+    ("Move funds from my savings account into checking", "Can I send money from savings to my checking account?"),
+    ("What is 100 CAD in EUR?", "Convert 100 CAD to EUR"),
 ]
 
 
