@@ -48,7 +48,7 @@ def main() -> None:
     args = ap.parse_args()
     pairs = load_pairs(args.pairs)
     if args.part:
-        from tests.data.support_split import part_of
+        from training.support_pairs import part_of
 
         pairs = [p for p in pairs if part_of(p[0]) == args.part]
     print(f"{'guard':<11} {'pos vetoed':>14} {'recall cost':>11} {'neg vetoed':>14} {'catch':>7}")
