@@ -64,6 +64,7 @@ class CacheHit:
     similarity: float | None
     age_s: float
     entry_id: str
+    store: str = "redis"  # "l1" (this process's LRU) or "redis": which store answered
 
 
 @dataclass(slots=True)
@@ -263,7 +264,7 @@ class CacheService:
     async def _lookup(self, plan: CachePlan, on_semantic: Callable[[], None] | None, found: Lookup) -> None:
         hot = self.l1.get(plan.exact_key)
         if hot is not None and self._fresh(hot.created, plan):
-            found.hit = CacheHit(hot.answer, "exact", None, time.time() - hot.created, plan.exact_key)
+            found.hit = CacheHit(hot.answer, "exact", None, time.time() - hot.created, plan.exact_key, "l1")
             return
         if not await self._usable():
             metrics.BYPASSES.labels("store_down").inc()

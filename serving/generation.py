@@ -64,6 +64,7 @@ def cache_headers(result: str, hit: CacheHit | None = None) -> dict[str, str]:
     headers = {"x-cache": result}
     if hit is not None:
         headers["x-cache-layer"] = hit.layer
+        headers["x-cache-store"] = hit.store
         headers["age"] = str(int(hit.age_s))
         if hit.similarity is not None:
             headers["x-cache-similarity"] = f"{hit.similarity:.4f}"
