@@ -5,9 +5,11 @@ Defaults here are the shipped defaults; see the README for why each is what it i
 
 from __future__ import annotations
 
-from typing import Literal
+import re
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 
 class Strict(BaseModel):
@@ -82,15 +84,33 @@ class DecisionConfig(Strict):
 
 
 SamplingPolicy = Literal["never", "exact", "all"]
+EVERY_TENANT = "*"
+TENANT_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"  # serving/config.py TenantConfig.name
+# A tenant name or "*" for every tenant.
+TenantRef = Annotated[str, StringConstraints(pattern=rf"^(\*|{TENANT_NAME[1:-1]})$")]
+NAMESPACE_NAME = TENANT_NAME  # a header value and part of every key: no separators, no spaces
 
 
 class NamespaceConfig(Strict):
-    """How one namespace caches. Defaults suit general Q&A; FAQ namespaces raise ttl_s."""
+    """How one namespace caches, and who may use it. Defaults suit general Q&A; FAQ namespaces raise ttl_s.
+
+    ``readers`` may look entries up, ``writers`` have their answers stored; a tenant in neither list
+    gets the same 404 as for a namespace that does not exist. In a private namespace each tenant reads
+    and writes only its own entries; in a shared one every reader reads what the writers wrote, so
+    ``writers`` must be named (``[]``: only the admin API writes).
+    """
 
     enabled: bool = True
     ttl_s: int = Field(86_400, ge=1, description="one day; evergreen FAQ: 7-30 days; volatile: hours")
     version: str = Field("1", pattern=r"^[A-Za-z0-9_.-]{1,32}$")
-    shared: bool = Field(False, description="entries visible to every tenant")
+    shared: bool = Field(False, description="entries visible to every reader, written by the writers only")
+    readers: list[TenantRef] = Field(
+        default_factory=lambda: [EVERY_TENANT], description="tenants who may look entries up; '*': every tenant")
+    writers: list[TenantRef] | None = Field(
+        None, description="tenants whose answers are stored; None: the readers (private namespaces only)")
+    per_user: bool = Field(
+        False, description="entries are scoped by the end user behind the API key (OpenAI `user` field or "
+        "auth.end_user_header) as well as by tenant; a request naming no end user bypasses the cache")
     threshold: float | None = Field(None, ge=-1.0, le=1.0, description="overrides decision.threshold")
     verifier_threshold: float | None = Field(None, ge=0.0, le=1.0)
     sampled: SamplingPolicy = Field(
@@ -98,6 +118,26 @@ class NamespaceConfig(Strict):
         description="answers sampled at temperature > 0: never cached, exact only, or all layers",
     )
     shadow_rate: float = Field(0.0, ge=0.0, le=1.0, description="fraction of hits re-checked upstream")
+
+    @model_validator(mode="after")
+    def _access_is_explicit(self) -> NamespaceConfig:
+        if self.shared and self.writers is None:
+            raise ValueError("a shared namespace needs `writers`: the tenants whose answers every reader "
+                             "gets ([] when only the admin API writes)")
+        if self.shared and self.per_user:
+            raise ValueError("per_user and shared exclude each other (per-user entries are never shared)")
+        return self
+
+    def may_read(self, tenant: str | None) -> bool:
+        """``tenant`` None is the open scope (no tenants configured): only ``'*'`` admits it."""
+        return _listed(self.readers, tenant)
+
+    def may_write(self, tenant: str | None) -> bool:
+        return _listed(self.readers if self.writers is None else self.writers, tenant)
+
+
+def _listed(names: list[str], tenant: str | None) -> bool:
+    return EVERY_TENANT in names or (tenant is not None and tenant in names)
 
 
 class PriceConfig(Strict):
@@ -142,13 +182,25 @@ class CacheConfig(Strict):
     )
 
     @model_validator(mode="after")
-    def _default_exists(self) -> CacheConfig:
-        if self.default_namespace not in self.namespaces:
+    def _namespaces_valid(self) -> CacheConfig:
+        for name in self.namespaces:
+            if not re.match(NAMESPACE_NAME, name):
+                raise ValueError(f"namespace name {name!r} must match {NAMESPACE_NAME}")
+        default = self.namespaces.get(self.default_namespace)
+        if default is None:
             raise ValueError(f"default_namespace {self.default_namespace!r} is not in namespaces")
+        if EVERY_TENANT not in default.readers:
+            raise ValueError(f"default_namespace {self.default_namespace!r} serves every request without "
+                             "X-Cache-Namespace: its readers must be ['*']")
         judge = self.decision.judge
         if judge.enabled and judge.timeout_ms >= self.lookup_deadline_ms:
             raise ValueError(f"decision.judge.timeout_ms ({judge.timeout_ms:g}) must be below lookup_deadline_ms "
                              f"({self.lookup_deadline_ms:g}): the judge runs inside the lookup")
         return self
+
+    def tenant_names(self) -> dict[str, set[str]]:
+        """Tenant names each namespace's readers and writers list (for the start-up check against auth)."""
+        return {ns: {t for t in (*c.readers, *(c.writers or ())) if t != EVERY_TENANT}
+                for ns, c in self.namespaces.items()}
 
 

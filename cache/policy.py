@@ -12,11 +12,17 @@ The rules, most restrictive first (README "Cache policy" explains each):
   query; ``previous_response_id``, ``background`` and (with an upstream that stores responses)
   ``store`` make a request uncacheable (:func:`responses_state`).
 - ``Cache-Control: no-cache`` skips the lookup but stores; ``no-store`` skips the store;
-  ``max-age=N`` accepts only entries younger than N seconds.
+  ``max-age=N`` accepts only entries younger than N seconds (serving/ parses the header).
+- who may use a namespace: its ``readers`` look up, its ``writers`` are stored; anyone else gets
+  the error of a namespace that does not exist. A ``per_user`` namespace without an end user: BYPASS.
+
+Scopes are built so that no name can collide: ``open`` (no tenants configured), ``tenant:<name>``,
+``shared``, and in a ``per_user`` namespace a digest of the end user joins the fingerprint.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -24,51 +30,61 @@ from typing import Any
 from cache.config import CacheConfig, NamespaceConfig
 from cache.keys import canonical_messages, canonical_params, exact_key, fingerprint, message_text, normalise_query
 
-SHARED_SCOPE = "_shared"
+OPEN_SCOPE = "open"  # no tenants configured; tenant scopes are "tenant:<name>", never this
+SHARED_SCOPE = "shared"
 
 
 class PolicyError(ValueError):
-    """The request names something the cache does not have (an unknown namespace): a 400."""
+    """The request names a namespace it may not use: unknown and forbidden read alike (one 4xx)."""
 
     def __init__(self, message: str, param: str) -> None:
         super().__init__(message)
         self.param = param
 
 
+def namespace_error(name: str) -> PolicyError:
+    """The one error for an unknown or a forbidden namespace, so it tells no one which exist."""
+    return PolicyError(f"cache namespace {name[:64]!r} does not exist or this API key may not use it",
+                       "X-Cache-Namespace")
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who asks: the tenant (None: no tenants configured, the open scope) and the end user behind
+    its API key, if the request names one."""
+
+    tenant: str | None
+    end_user: str | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class CacheControl:
+    """The Cache-Control directives the cache honours (serving/ parses the header)."""
+
     no_cache: bool = False
     no_store: bool = False
     max_age: float | None = None
 
 
-def parse_cache_control(header: str | None) -> CacheControl:
-    """Parse the directives we honour; unknown directives are ignored, as HTTP caches do."""
-    if not header:
-        return CacheControl()
-    no_cache = no_store = False
-    max_age: float | None = None
-    for part in header.split(","):
-        name, _, value = part.strip().partition("=")
-        name = name.strip().lower()
-        if name == "no-cache":
-            no_cache = True
-        elif name == "no-store":
-            no_store = True
-        elif name == "max-age":
-            try:
-                max_age = max(0.0, float(value.strip().strip('"')))
-            except ValueError:
-                pass
-    return CacheControl(no_cache, no_store, max_age)
+def scope_of(caller: Caller, ns: NamespaceConfig) -> str:
+    """The partition scope: open, shared, or one tenant's."""
+    if caller.tenant is None:
+        return OPEN_SCOPE
+    return SHARED_SCOPE if ns.shared else f"tenant:{caller.tenant}"
+
+
+def user_scope(end_user: str) -> str:
+    """An end user's part of the fingerprint: a digest, so no user id can look like another scope."""
+    return hashlib.sha256(end_user.encode()).hexdigest()[:32]
 
 
 @dataclass(frozen=True, slots=True)
 class CachePlan:
     """What the cache does for one request; built once, read by lookup and store."""
 
-    tenant: str
-    scope: str  # the tenant, or SHARED_SCOPE in a shared namespace
+    tenant: str | None  # None: no tenants configured
+    scope: str  # OPEN_SCOPE, SHARED_SCOPE or "tenant:<name>": the partition
+    end_user: str  # user_scope() of the end user in a per_user namespace, else ""
     namespace: str
     settings: NamespaceConfig
     model: str
@@ -136,18 +152,19 @@ def make_plan(
     cfg: CacheConfig,
     kind: str,
     body: Mapping[str, Any],
-    tenant: str,
-    cache_control: str | None = None,
-    namespace_header: str | None = None,
+    caller: Caller,
+    cc: CacheControl = CacheControl(),
+    namespace: str | None = None,
 ) -> CachePlan:
     """Apply the policy to a validated request body (see module docstring)."""
-    ns_name = (namespace_header or "").strip() or cfg.default_namespace
+    ns_name = (namespace or "").strip() or cfg.default_namespace
     ns = cfg.namespaces.get(ns_name)
-    if ns is None:
-        raise PolicyError(f"unknown cache namespace {ns_name!r}", "X-Cache-Namespace")
-    cc = parse_cache_control(cache_control)
+    tenant = caller.tenant
+    if ns is None or not (ns.may_read(tenant) or ns.may_write(tenant)):
+        raise namespace_error(ns_name)
     model = str(body.get("model"))
-    scope = SHARED_SCOPE if ns.shared else tenant
+    scope = scope_of(caller, ns)
+    end_user = user_scope(caller.end_user) if ns.per_user and caller.end_user else ""
 
     semantic = True
     reason = ""
@@ -187,6 +204,9 @@ def make_plan(
     lookup = store = cfg.enabled and ns.enabled
     if not lookup:
         reason = "cache disabled"
+    elif ns.per_user and not end_user:
+        lookup = store = False
+        reason = "namespace is per_user and the request names no end user"
     elif _effective_temperature(body) > 0.0:
         if ns.sampled == "never":
             lookup = store = semantic = False
@@ -198,15 +218,16 @@ def make_plan(
         if unshareable:
             lookup = store = semantic = False
             reason = unshareable
-    if cc.no_cache:
+    if cc.no_cache or not ns.may_read(tenant):
         lookup = False
-    if cc.no_store:
+    if cc.no_store or not ns.may_write(tenant):
         store = False
 
-    fp = fingerprint(model, f"{ns_name}:{ns.version}:{scope}", context, params)
+    scope_key = f"{ns_name}:{ns.version}:{scope}" + (f":user:{end_user}" if end_user else "")
+    fp = fingerprint(model, scope_key, context, params)
     key = exact_key(fp, raw)
     return CachePlan(
-        tenant=tenant, scope=scope, namespace=ns_name, settings=ns, model=model, fingerprint=fp,
-        query=query, head=head, exact_key=key, lookup=lookup, store=store, semantic=semantic and (lookup or store),
-        max_age=cc.max_age, reason=reason,
+        tenant=tenant, scope=scope, end_user=end_user, namespace=ns_name, settings=ns, model=model,
+        fingerprint=fp, query=query, head=head, exact_key=key, lookup=lookup, store=store,
+        semantic=semantic and (lookup or store), max_age=cc.max_age, reason=reason,
     )

@@ -33,7 +33,7 @@ from cache.decision import Candidate, Decision, DecisionRule, RuleSettings, deci
 from cache.embedder import MicroBatcher
 from cache.keys import normalise_query
 from cache.l1 import L1Cache
-from cache.policy import CachePlan, make_plan
+from cache.policy import CacheControl, CachePlan, Caller, make_plan
 from cache.store import CacheStore, Neighbour, decode_answer, scope_filter
 
 log = logging.getLogger("cachestack.cache")
@@ -186,9 +186,9 @@ class CacheService:
         return failure is None
 
     # -- policy ------------------------------------------------------------------------------
-    def plan(self, kind: str, body: Mapping[str, Any], tenant: str, cache_control: str | None,
+    def plan(self, kind: str, body: Mapping[str, Any], caller: Caller, cache_control: CacheControl,
              namespace: str | None) -> CachePlan:
-        plan = make_plan(self.cfg, kind, body, tenant, cache_control, namespace)
+        plan = make_plan(self.cfg, kind, body, caller, cache_control, namespace)
         if not plan.lookup and not plan.store:
             metrics.REQUESTS.labels("BYPASS", "none", plan.namespace).inc()
         return plan
@@ -417,7 +417,7 @@ class CacheService:
                 await self.store.put(self.store.entry_id(self._tags(plan), plan.exact_key), answer=answer,
                                      query=plan.query,
                                      embedding=embedding if plan.semantic else None,
-                                     tags={**self._tags(plan), "tenant": plan.tenant},
+                                     tags={**self._tags(plan), **_owner(plan)},
                                      ttl_s=plan.settings.ttl_s)
             metrics.STAGE_SECONDS.labels("store").observe(time.perf_counter() - t)
         except STORE_ERRORS as exc:
@@ -476,6 +476,14 @@ class CacheService:
         """Wait for background stores, shadow checks and breaker checks (shutdown, tests)."""
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+
+def _owner(plan: CachePlan) -> dict[str, str]:
+    """Who an entry belongs to, for purges: the writing tenant, and the end user in a per_user namespace."""
+    owner = {"tenant": plan.tenant or ""}
+    if plan.end_user:
+        owner["user"] = plan.end_user
+    return owner
 
 
 def answer_text(answer: Mapping[str, Any]) -> str:

@@ -80,7 +80,8 @@ def schema_for(name: str, key_prefix: str, dim: int, cfg: RedisConfig) -> IndexS
         "index": {"name": name, "prefix": key_prefix, "key_separator": ":", "storage_type": "hash"},
         "fields": [
             *({"name": tag, "type": "tag"} for tag in SCOPE_TAGS),
-            {"name": "tenant", "type": "tag"},
+            {"name": "tenant", "type": "tag"},  # who wrote it, and for whom (per_user): purge filters
+            {"name": "user", "type": "tag"},
             {"name": "created", "type": "numeric"},
             {"name": "embedding", "type": "vector", "attrs": {
                 "dims": dim, "algorithm": "hnsw", "distance_metric": "cosine", "datatype": "float32",

@@ -99,7 +99,12 @@ def build_embeddings(settings: Settings, batcher: MicroBatcher | None, cache: Ca
 
 
 def create_app(settings: Settings, *, embedder: Embedder | None = None) -> FastAPI:
-    """The gateway. ``embedder`` lets tests share one loaded model across apps."""
+    """The gateway. ``embedder`` lets tests share one loaded model across apps.
+
+    Raises ConfigError for tenants or namespace ACLs that do not fit together, before anything starts.
+    """
+    auth = Authenticator(settings.auth)
+    auth.check_namespaces(settings.cache)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -113,7 +118,7 @@ def create_app(settings: Settings, *, embedder: Embedder | None = None) -> FastA
         catalog = ModelCatalog(upstream, router, settings.upstreams.models_refresh_s)
         batcher = await build_embedder(settings, embedder)
         cache = await build_cache(settings, batcher)
-        gw = app.state.gw = Gateway(settings, Authenticator(settings.auth), upstream, router, catalog, cache,
+        gw = app.state.gw = Gateway(settings, auth, upstream, router, catalog, cache,
                                     SingleFlight(), PrefixHygiene(ph.window, ph.head_chars) if ph.enabled else None,
                                     build_embeddings(settings, batcher, cache))
         if cache is not None:

@@ -19,8 +19,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from serving.config import ConfigError
+
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as exc:  # found after loading (tenants and namespace ACLs that do not fit)
+        print(f"cachestack: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, field_validator
-from cache.config import CacheConfig, EmbedderConfig, RedisConfig, Strict
+from pydantic import Field, ValidationError, field_validator, model_validator
+from cache.config import TENANT_NAME, CacheConfig, EmbedderConfig, RedisConfig, Strict
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 
@@ -81,9 +81,19 @@ class UpstreamConfig(Strict):
         return [u.rstrip("/") for u in urls]
 
 
+RESERVED_TENANTS = frozenset({"default"})  # the open tenant's name (serving/auth.py OPEN_TENANT)
+
+
 class TenantConfig(Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    name: str = Field(pattern=TENANT_NAME)
     key_sha256: list[str] = Field(default_factory=list, description="hex SHA-256 of each API key")
+
+    @field_validator("name")
+    @classmethod
+    def _not_reserved(cls, name: str) -> str:
+        if name.lower() in RESERVED_TENANTS:
+            raise ValueError(f"tenant name {name!r} is reserved for the open scope (no tenants configured)")
+        return name
 
     @field_validator("key_sha256")
     @classmethod
@@ -102,6 +112,19 @@ class AuthConfig(Strict):
     admin_key_sha256: str | None = None
     admin_key_file: str | None = Field(None, description="file holding the admin key in clear")
     admin_key_env: str | None = Field(None, description="env var holding the admin key in clear")
+    end_user_header: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9-]{1,64}$",
+        description="header naming the end user behind an API key, set by your application; without it "
+        "the body's OpenAI `user` field names them (per_user namespaces)")
+
+    @model_validator(mode="after")
+    def _names_unique(self) -> AuthConfig:
+        seen: set[str] = set()
+        for t in self.tenants:
+            if t.name in seen:
+                raise ValueError(f"tenant {t.name!r} is listed twice in auth.tenants")
+            seen.add(t.name)
+        return self
 
     def admin_digest(self) -> str | None:
         """The admin key's SHA-256 from whichever source is configured."""

@@ -10,7 +10,7 @@ from typing import Any
 from cache.config import CacheConfig, RedisConfig
 from cache.decision import build_rule
 from cache.embedder import MicroBatcher
-from cache.policy import CachePlan
+from cache.policy import CacheControl, CachePlan, Caller
 from cache.service import CacheService
 from cache.store import CacheStore
 
@@ -35,7 +35,7 @@ async def service_with_entry(redis_url: str, embedder: Any, question: str, answe
     """A connected service holding one stored answer, and the plan that finds it."""
     svc, store = make_service(redis_url, embedder, budget_ms, **cache)
     assert await svc.connect()
-    plan = svc.plan("chat", chat(question), "t", None, None)
+    plan = svc.plan("chat", chat(question), Caller("t"), CacheControl(), None)
     await svc._store(plan, {"choices": [{"message": {"role": "assistant", "content": answer},
                                          "finish_reason": "stop"}]}, None)
     return svc, store, plan

@@ -16,6 +16,7 @@ from cache.config import CacheConfig, RedisConfig
 from cache.decision import build_rule
 from cache.embedder import MicroBatcher
 from cache.judge import judge_request, judge_verdict
+from cache.policy import CacheControl, Caller
 from cache.service import CacheService
 from cache.store import CacheStore
 
@@ -72,7 +73,7 @@ BORDERLINE = "What is the largest city in France?"  # close in cosine, another q
 
 
 async def seeded(svc: CacheService) -> None:
-    plan = svc.plan("chat", chat(STORED), "t", None, None)
+    plan = svc.plan("chat", chat(STORED), Caller("t"), CacheControl(), None)
     await svc._store(plan, {"choices": [{"message": {"role": "assistant", "content": "Paris."},
                                          "finish_reason": "stop"}]}, None)
 
@@ -86,12 +87,12 @@ async def test_judge_is_asked_only_about_borderline_pairs_and_its_yes_makes_a_hi
 
     svc = make_service(yes)
     await seeded(svc)
-    plan = svc.plan("chat", chat(BORDERLINE), "t", None, None)
+    plan = svc.plan("chat", chat(BORDERLINE), Caller("t"), CacheControl(), None)
     found = await svc.lookup(plan)
     assert found.hit is not None and found.hit.layer == "semantic"
     assert asked == [("smollm2", "what is the capital of france", "what is the largest city in france")]
     # an exact repeat never reaches the judge
-    await svc.lookup(svc.plan("chat", chat(STORED), "t", None, None))
+    await svc.lookup(svc.plan("chat", chat(STORED), Caller("t"), CacheControl(), None))
     assert len(asked) == 1
 
 
@@ -106,7 +107,8 @@ async def test_anything_but_a_timely_yes_is_a_miss(make_service, verdict: str) -
 
     svc = make_service(judge, timeout_ms=100)
     await seeded(svc)
-    found = await asyncio.wait_for(svc.lookup(svc.plan("chat", chat(BORDERLINE), "t", None, None)), 3)
+    plan = svc.plan("chat", chat(BORDERLINE), Caller("t"), CacheControl(), None)
+    found = await asyncio.wait_for(svc.lookup(plan), 3)
     assert found.hit is None
 
 
@@ -119,5 +121,5 @@ async def test_judge_below_min_score_is_not_asked(make_service) -> None:
 
     svc = make_service(judge, min_score=0.999)
     await seeded(svc)
-    found = await svc.lookup(svc.plan("chat", chat(BORDERLINE), "t", None, None))
+    found = await svc.lookup(svc.plan("chat", chat(BORDERLINE), Caller("t"), CacheControl(), None))
     assert found.hit is None and asked == []

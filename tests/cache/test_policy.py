@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from cache.config import CacheConfig, NamespaceConfig
-from cache.policy import SHARED_SCOPE, PolicyError, make_plan, parse_cache_control
+from cache.policy import OPEN_SCOPE, SHARED_SCOPE, CacheControl, Caller, PolicyError, make_plan
 
 
 def cfg(**namespaces: dict[str, Any]) -> CacheConfig:
@@ -27,9 +27,12 @@ def chat(q: str = "How do I reset my password?", history: list[dict[str, Any]] |
 DROP = object()
 
 
-def plan(body: dict[str, Any], *, c: CacheConfig | None = None, kind: str = "chat", tenant: str = "t1",
-         cc: str | None = None, ns: str | None = None):
-    return make_plan(c or cfg(), kind, body, tenant, cc, ns)
+def plan(body: dict[str, Any], *, c: CacheConfig | None = None, kind: str = "chat", tenant: str | None = "t1",
+         user: str | None = None, cc: CacheControl = CacheControl(), ns: str | None = None):
+    return make_plan(c or cfg(), kind, body, Caller(tenant, user), cc, ns)
+
+
+NO_CACHE, NO_STORE = CacheControl(no_cache=True), CacheControl(no_store=True)
 
 
 # -- baseline --------------------------------------------------------------------------------
@@ -39,7 +42,7 @@ def test_deterministic_single_turn_uses_every_layer() -> None:
     p = plan(chat())
     assert (p.lookup, p.store, p.semantic) == (True, True, True)
     assert p.query == "how do i reset my password"
-    assert p.namespace == "default" and p.scope == "t1" and p.tenant == "t1" and p.model == "m"
+    assert p.namespace == "default" and p.scope == "tenant:t1" and p.tenant == "t1" and p.model == "m"
     assert p.max_age is None
 
 
@@ -173,59 +176,31 @@ def test_chat_and_completion_do_not_share_keys() -> None:
     assert c.fingerprint != t.fingerprint and c.exact_key != t.exact_key
 
 
-# -- Cache-Control ---------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("header", "no_cache", "no_store", "max_age"),
-    [
-        (None, False, False, None),
-        ("", False, False, None),
-        ("no-cache", True, False, None),
-        ("No-Cache", True, False, None),
-        ("no-store", False, True, None),
-        ("no-cache, no-store", True, True, None),
-        ("max-age=30", False, False, 30.0),
-        ("MAX-AGE=30", False, False, 30.0),
-        ("max-age = 7", False, False, 7.0),
-        ('max-age="12"', False, False, 12.0),
-        ("max-age=0", False, False, 0.0),
-        ("max-age=-5", False, False, 0.0),
-        ("max-age=abc", False, False, None),
-        ("max-age=", False, False, None),
-        ("max-age", False, False, None),
-        ("private, max-age=5, no-transform", False, False, 5.0),
-        (",,;junk==, no-store ,", False, True, None),
-        ("no-cachex", False, False, None),
-    ],
-)
-def test_parse_cache_control(header: str | None, no_cache: bool, no_store: bool, max_age: float | None) -> None:
-    cc = parse_cache_control(header)
-    assert (cc.no_cache, cc.no_store, cc.max_age) == (no_cache, no_store, max_age)
+# -- Cache-Control (serving/cache_control.py parses the header) --------------------------
 
 
 def test_no_cache_skips_lookup_but_stores() -> None:
-    p = plan(chat(), cc="no-cache")
+    p = plan(chat(), cc=NO_CACHE)
     assert (p.lookup, p.store, p.semantic) == (False, True, True)
 
 
 def test_no_store_looks_up_but_does_not_store() -> None:
-    p = plan(chat(), cc="no-store")
+    p = plan(chat(), cc=NO_STORE)
     assert (p.lookup, p.store, p.semantic) == (True, False, True)
 
 
 def test_no_cache_no_store_is_semantic_off() -> None:
-    p = plan(chat(), cc="no-cache, no-store")
+    p = plan(chat(), cc=CacheControl(no_cache=True, no_store=True))
     assert (p.lookup, p.store, p.semantic) == (False, False, False)
 
 
 def test_max_age_is_carried() -> None:
-    assert plan(chat(), cc="max-age=42").max_age == 42.0
-    assert plan(chat(), cc="max-age=junk").max_age is None
+    assert plan(chat(), cc=CacheControl(max_age=42.0)).max_age == 42.0
+    assert plan(chat()).max_age is None
 
 
 def test_cache_control_does_not_reenable_bypass() -> None:
-    p = plan(chat(temperature=0.9), cc="max-age=5")
+    p = plan(chat(temperature=0.9), cc=CacheControl(max_age=5.0))
     assert (p.lookup, p.store) == (False, False)
 
 
@@ -238,6 +213,115 @@ def test_unknown_namespace_is_policy_error() -> None:
     assert info.value.param == "X-Cache-Namespace"
     assert "nope" in str(info.value)
     assert isinstance(info.value, ValueError)
+
+
+ACL = {"a-only": {"readers": ["alice"]},
+       "faq": {"shared": True, "writers": ["alice"]},
+       "pub": {"shared": True, "readers": ["alice", "bob"], "writers": []},
+       "feed": {"readers": ["bob"], "writers": ["alice"]}}
+
+
+def acl_error(ns: str, tenant: str | None) -> str:
+    with pytest.raises(PolicyError) as info:
+        plan(chat(), c=cfg(**ACL), tenant=tenant, ns=ns)
+    return str(info.value)
+
+
+def test_forbidden_namespace_reads_exactly_like_an_unknown_one() -> None:
+    assert acl_error("a-only", "bob") == acl_error("nope", "bob").replace("nope", "a-only")
+    assert acl_error("pub", "carol") == acl_error("a-only", "carol").replace("a-only", "pub")
+    assert acl_error("a-only", None) == acl_error("a-only", "bob")  # the open scope matches only '*'
+
+
+def test_readers_look_up_writers_store() -> None:
+    c = cfg(**ACL)
+    assert (lambda p: (p.lookup, p.store))(plan(chat(), c=c, tenant="alice", ns="a-only")) == (True, True)
+    a, b = plan(chat(), c=c, tenant="alice", ns="faq"), plan(chat(), c=c, tenant="bob", ns="faq")
+    assert (a.lookup, a.store) == (True, True)
+    assert (b.lookup, b.store) == (True, False)  # reads what alice wrote, never overwrites it
+    assert a.exact_key == b.exact_key
+    # no-cache from a reader who may not write: answered fresh, stored nowhere
+    nb = plan(chat(), c=c, tenant="bob", ns="faq", cc=NO_CACHE)
+    assert (nb.lookup, nb.store, nb.semantic) == (False, False, False)
+    p = plan(chat(), c=c, tenant="alice", ns="pub")
+    assert (p.lookup, p.store) == (True, False)  # writers: [] - only the admin API writes
+    f = plan(chat(), c=c, tenant="alice", ns="feed")
+    assert (f.lookup, f.store) == (False, True)  # a writer who is no reader
+    with pytest.raises(PolicyError):
+        plan(chat(), c=c, tenant="carol", ns="feed")
+
+
+def test_sampled_answers_in_a_shared_namespace_are_stored_only_for_writers() -> None:
+    c = cfg(faq={"shared": True, "writers": ["alice"], "sampled": "all"})
+    hot = chat(temperature=1.0)
+    assert plan(hot, c=c, tenant="bob", ns="faq", cc=NO_CACHE).store is False
+    assert plan(hot, c=c, tenant="alice", ns="faq", cc=NO_CACHE).store is True
+
+
+def test_shared_namespace_must_name_its_writers() -> None:
+    with pytest.raises(ValueError, match="writers"):
+        NamespaceConfig(shared=True)
+    assert NamespaceConfig(shared=True, writers=[]).may_write("alice") is False
+    assert NamespaceConfig(shared=True, writers=["*"]).may_write("anyone") is True
+
+
+@pytest.mark.parametrize("bad", [{"readers": ["_shared"]}, {"writers": ["a b"]}, {"readers": ["a,b"]},
+                                 {"shared": True, "per_user": True, "writers": []}])
+def test_namespace_acl_names_are_validated(bad: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        NamespaceConfig(**bad)
+
+
+def test_default_namespace_is_open_to_every_tenant() -> None:
+    with pytest.raises(ValueError, match="readers"):
+        CacheConfig(namespaces={"default": NamespaceConfig(readers=["alice"])})
+
+
+@pytest.mark.parametrize("name", ["a:b", "a b", "_x", "", "x" * 65])
+def test_namespace_names_are_validated(name: str) -> None:
+    with pytest.raises(ValueError, match="namespace name"):
+        CacheConfig(namespaces={"default": NamespaceConfig(), name: NamespaceConfig()})
+
+
+def test_tenant_names_of_acls() -> None:
+    assert cfg(**ACL).tenant_names() == {"default": set(), "a-only": {"alice"}, "faq": {"alice"},
+                                         "pub": {"alice", "bob"}, "feed": {"alice", "bob"}}
+
+
+# -- scopes ----------------------------------------------------------------------------------
+
+
+def test_open_scope_is_no_tenant_scope() -> None:
+    """Entries written without tenants are unreachable once tenants exist, whatever their names."""
+    c = cfg(pub={"shared": True, "writers": ["*"]})
+    for ns in (None, "pub"):
+        open_plan = plan(chat(), c=c, tenant=None, ns=ns)
+        assert open_plan.scope == OPEN_SCOPE
+        for tenant in ("open", "default", "shared", "t1"):
+            p = plan(chat(), c=c, tenant=tenant, ns=ns)
+            assert p.scope != OPEN_SCOPE and p.fingerprint != open_plan.fingerprint
+            assert p.exact_key != open_plan.exact_key
+
+
+def test_per_user_namespace_scopes_by_end_user() -> None:
+    c = cfg(me={"per_user": True})
+    u1, u2 = plan(chat(), c=c, ns="me", user="u1"), plan(chat(), c=c, ns="me", user="u2")
+    assert (u1.lookup, u1.store, u1.semantic) == (True, True, True)
+    assert u1.scope == u2.scope == "tenant:t1"  # one partition per tenant ...
+    assert u1.fingerprint != u2.fingerprint and u1.exact_key != u2.exact_key  # ... the KNN filter differs
+    assert u1.end_user and u1.end_user != u2.end_user and "u1" not in u1.end_user
+    assert plan(chat(), c=c, ns="me", user="u1").exact_key == u1.exact_key
+    other_tenant = plan(chat(), c=c, ns="me", user="u1", tenant="t2")
+    assert other_tenant.fingerprint != u1.fingerprint
+    # outside a per_user namespace the end user changes nothing
+    assert plan(chat(), user="u1").exact_key == plan(chat(), user="u2").exact_key == plan(chat()).exact_key
+    assert plan(chat(), user="u1").end_user == ""
+
+
+def test_per_user_namespace_without_end_user_bypasses() -> None:
+    p = plan(chat(), c=cfg(me={"per_user": True}), ns="me")
+    assert (p.lookup, p.store, p.semantic) == (False, False, False)
+    assert "end user" in p.reason
 
 
 def test_blank_namespace_header_means_default() -> None:
@@ -261,12 +345,12 @@ def test_namespaces_and_versions_separate_keys() -> None:
 
 def test_tenants_are_separated_in_private_namespace() -> None:
     a, b = plan(chat(), tenant="alice"), plan(chat(), tenant="bob")
-    assert (a.scope, b.scope) == ("alice", "bob")
+    assert (a.scope, b.scope) == ("tenant:alice", "tenant:bob")
     assert a.fingerprint != b.fingerprint and a.exact_key != b.exact_key
 
 
 def test_shared_namespace_has_one_scope_for_all_tenants() -> None:
-    c = cfg(pub={"shared": True})
+    c = cfg(pub={"shared": True, "writers": ["alice"]})
     a, b = plan(chat(), c=c, tenant="alice", ns="pub"), plan(chat(), c=c, tenant="bob", ns="pub")
     assert a.scope == b.scope == SHARED_SCOPE
     assert a.fingerprint == b.fingerprint and a.exact_key == b.exact_key

@@ -11,6 +11,7 @@ import redis.asyncio as aioredis
 from prometheus_client import REGISTRY
 from service_helpers import chat, make_service, service_with_entry
 
+from cache.policy import CacheControl, Caller
 from cache.service import CacheHit
 
 LONG = " ".join(f"word{i} of a longer text" for i in range(12))
@@ -34,7 +35,8 @@ async def test_the_deadline_ends_a_lookup_stuck_behind_the_embedder(redis_url: s
         before = counted("cachestack_cache_bypass_total", reason="deadline")
         queued = backlog(svc, 64)
         await asyncio.sleep(0)
-        found = await svc.lookup(svc.plan("chat", chat("What is the capital city of Norway?"), "t", None, None))
+        plan = svc.plan("chat", chat("What is the capital city of Norway?"), Caller("t"), CacheControl(), None)
+        found = await svc.lookup(plan)
         assert found.hit is None and found.embedding is None
         assert not all(t.done() for t in queued)  # it left before the backlog was through
         assert counted("cachestack_cache_bypass_total", reason="deadline") == before + 1
@@ -51,7 +53,7 @@ async def test_a_full_semantic_queue_skips_the_semantic_stage_at_once(redis_url:
         before = counted("cachestack_cache_bypass_total", reason="embed_busy")
         queued = backlog(svc, 80)  # one run takes 64 (max_batch); 16 wait
         await asyncio.sleep(0)
-        paraphrase = svc.plan("chat", chat("What is the capital city of Kenya?"), "t", None, None)
+        paraphrase = svc.plan("chat", chat("What is the capital city of Kenya?"), Caller("t"), CacheControl(), None)
         found = await svc.lookup(paraphrase)
         assert found.hit is None and found.embedding is None
         assert counted("cachestack_cache_bypass_total", reason="embed_busy") == before + 1
@@ -77,7 +79,7 @@ async def test_background_stores_are_capped_in_number_and_time(redis_url: str, e
         timed_out = counted("cachestack_cache_bypass_total", reason="store_timeout")
         await admin.execute_command("CLIENT", "PAUSE", 1500, "WRITE")
         for i in range(5):
-            svc.store_later(svc.plan("chat", chat(f"question {i}?"), "t", None, None), answer)
+            svc.store_later(svc.plan("chat", chat(f"question {i}?"), Caller("t"), CacheControl(), None), answer)
         assert counted("cachestack_cache_stores_total", namespace="default", outcome="dropped") == dropped + 3
         await asyncio.wait_for(svc.drain(), 1.0)  # gone at 0.2 s, not at the 0.5 s store timeout
         assert counted("cachestack_cache_bypass_total", reason="store_timeout") == timed_out + 2
@@ -100,7 +102,7 @@ async def test_shadow_checks_are_capped(redis_url: str, embedder: Any) -> None:
         return None
 
     try:
-        plan = svc.plan("chat", chat("q?"), "t", None, None)
+        plan = svc.plan("chat", chat("q?"), Caller("t"), CacheControl(), None)
         hit = CacheHit({"choices": [{"message": {"content": "a"}}]}, "semantic", 0.9, 1.0, "e")
         for _ in range(4):
             svc.maybe_shadow(plan, hit, fresh)

@@ -6,9 +6,12 @@ import hashlib
 from pathlib import Path
 
 import pytest
+from starlette.datastructures import Headers
 
+from cache.config import CacheConfig, NamespaceConfig
+from cache.policy import Caller
 from serving.auth import OPEN_TENANT, Authenticator
-from serving.config import AuthConfig, TenantConfig
+from serving.config import AuthConfig, ConfigError, TenantConfig
 from serving.protocol import OpenAIError
 
 
@@ -159,3 +162,89 @@ def test_tenant_key_is_not_admin_and_admin_is_not_tenant() -> None:
     a = Authenticator(cfg)
     raises(403, a.require_admin, bearer("k-acme"))
     raises(401, a.tenant, bearer("root"))
+
+
+# -- scope names that must not collide -------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["default", "Default", "_shared", "_x", "a:b", "a b", "", "x" * 65])
+def test_reserved_or_malformed_tenant_names_are_refused(name: str) -> None:
+    with pytest.raises(ValueError):
+        TenantConfig(name=name, key_sha256=[sha("k")])
+
+
+@pytest.mark.parametrize("name", ["_shared", "default", "a:b", "a,b"])
+def test_keys_file_names_are_validated_like_tenants(tmp_path: Path, name: str) -> None:
+    f = tmp_path / "keys.yaml"
+    f.write_text(f'"{name}": ["{sha("k")}"]\n')
+    with pytest.raises(ConfigError, match="keys_file"):
+        Authenticator(AuthConfig(keys_file=str(f)))
+
+
+def test_keys_file_digests_are_validated(tmp_path: Path) -> None:
+    f = tmp_path / "keys.yaml"
+    f.write_text("acme: [not-a-digest]\n")
+    with pytest.raises(ConfigError, match="acme"):
+        Authenticator(AuthConfig(keys_file=str(f)))
+
+
+def test_one_digest_under_two_tenants_is_refused_naming_both(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        Authenticator(AuthConfig(tenants=[TenantConfig(name="acme", key_sha256=[sha("k")]),
+                                          TenantConfig(name="globex", key_sha256=[sha("k").upper()])]))
+    assert "'acme'" in str(info.value) and "'globex'" in str(info.value)
+    f = tmp_path / "keys.yaml"
+    f.write_text(f"initech: [{sha('k')}]\n")
+    with pytest.raises(ConfigError) as info:  # across the config and the keys file too
+        Authenticator(AuthConfig(tenants=[TenantConfig(name="acme", key_sha256=[sha("k")])], keys_file=str(f)))
+    assert "'acme'" in str(info.value) and "'initech'" in str(info.value)
+
+
+def test_a_tenant_in_config_and_keys_file_merges(tmp_path: Path) -> None:
+    f = tmp_path / "keys.yaml"
+    f.write_text(f"acme: [{sha('k2')}]\n")
+    a = Authenticator(AuthConfig(tenants=[TenantConfig(name="acme", key_sha256=[sha("k1")])], keys_file=str(f)))
+    assert a.tenant(bearer("k1")) == a.tenant(bearer("k2")) == "acme"
+
+
+def test_tenant_listed_twice_is_refused() -> None:
+    with pytest.raises(ValueError, match="twice"):
+        AuthConfig(tenants=[TenantConfig(name="acme", key_sha256=[sha("a")]),
+                            TenantConfig(name="acme", key_sha256=[sha("b")])])
+
+
+def test_admin_key_that_is_a_tenant_key_is_refused() -> None:
+    with pytest.raises(ConfigError, match="acme"):
+        Authenticator(AuthConfig(tenants=[TenantConfig(name="acme", key_sha256=[sha("k")])],
+                                 admin_key_sha256=sha("k")))
+
+
+def test_namespace_acl_must_name_configured_tenants() -> None:
+    cache = CacheConfig(namespaces={"default": NamespaceConfig(),
+                                    "faq": NamespaceConfig(shared=True, writers=["acme", "acmee"])})
+    a = Authenticator(AuthConfig(tenants=[TenantConfig(name="acme", key_sha256=[sha("k")])]))
+    with pytest.raises(ConfigError, match="faq.*'acmee'"):
+        a.check_namespaces(cache)
+    with pytest.raises(ConfigError, match="acme"):
+        Authenticator(AuthConfig()).check_namespaces(cache)  # no tenants at all
+    ok = CacheConfig(namespaces={"default": NamespaceConfig(), "faq": NamespaceConfig(shared=True, writers=["acme"])})
+    a.check_namespaces(ok)
+
+
+# -- the end user behind a key ---------------------------------------------------------------
+
+
+def test_caller_end_user_from_body_or_configured_header() -> None:
+    keyed = AuthConfig(tenants=[TenantConfig(name="acme", key_sha256=[sha("k")])])
+    a = Authenticator(keyed)
+    assert a.caller("acme", Headers({"x-end-user": "h"}), {"user": "u1"}) == Caller("acme", "u1")
+    assert a.caller("acme", Headers(), {}) == Caller("acme", None)
+    assert a.caller("acme", Headers(), {"user": ""}) == Caller("acme", None)
+    h = Authenticator(keyed.model_copy(update={"end_user_header": "X-End-User"}))
+    assert h.caller("acme", Headers({"x-end-user": "h"}), {"user": "u1"}) == Caller("acme", "h")
+    assert h.caller("acme", Headers(), {"user": "u1"}) == Caller("acme", None)  # the header only
+    assert Authenticator(AuthConfig()).caller(OPEN_TENANT, Headers(), {"user": "u"}) == Caller(None, "u")
+    e = raises(400, a.caller, "acme", Headers(), {"user": "u" * 257})
+    assert e.param == "user"
+    e = raises(400, h.caller, "acme", Headers({"x-end-user": "u" * 257}), {})
+    assert e.param == "X-End-User"

@@ -44,7 +44,7 @@ redis: {url: "redis://r:6379/2", index_prefix: "cs_1"}
 cache:
   default_namespace: faq
   namespaces:
-    faq: {ttl_s: 3600, shared: true, version: "v2"}
+    faq: {ttl_s: 3600, shared: true, writers: [], version: "v2"}
 """)
     s = load_config(p)
     assert s.server.port == 9000
