@@ -97,7 +97,7 @@ class NamespaceConfig(Strict):
     ``readers`` may look entries up, ``writers`` have their answers stored; a tenant in neither list
     gets the same 404 as for a namespace that does not exist. In a private namespace each tenant reads
     and writes only its own entries; in a shared one every reader reads what the writers wrote, so
-    ``writers`` must be named (``[]``: only the admin API writes).
+    ``writers`` must be named (a content tenant that warms it; ``[]``: nothing new is stored).
     """
 
     enabled: bool = True
@@ -123,7 +123,7 @@ class NamespaceConfig(Strict):
     def _access_is_explicit(self) -> NamespaceConfig:
         if self.shared and self.writers is None:
             raise ValueError("a shared namespace needs `writers`: the tenants whose answers every reader "
-                             "gets ([] when only the admin API writes)")
+                             "gets ([]: none, the namespace serves what is stored and the admin may purge)")
         if self.shared and self.per_user:
             raise ValueError("per_user and shared exclude each other (per-user entries are never shared)")
         return self

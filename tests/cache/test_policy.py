@@ -244,7 +244,7 @@ def test_readers_look_up_writers_store() -> None:
     nb = plan(chat(), c=c, tenant="bob", ns="faq", cc=NO_CACHE)
     assert (nb.lookup, nb.store, nb.semantic) == (False, False, False)
     p = plan(chat(), c=c, tenant="alice", ns="pub")
-    assert (p.lookup, p.store) == (True, False)  # writers: [] - only the admin API writes
+    assert (p.lookup, p.store) == (True, False)  # writers: []: nothing new is stored
     f = plan(chat(), c=c, tenant="alice", ns="feed")
     assert (f.lookup, f.store) == (False, True)  # a writer who is no reader
     with pytest.raises(PolicyError):
