@@ -24,9 +24,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from cache.embedder import Embedder, MicroBatcher
-from cache.policy import parse_cache_control
 from cache.vectors import VectorCache, Vectors, vector_key
 from serving import metrics
+from serving.cache_control import parse_cache_control
 from serving.generation import read_body
 from serving.protocol import EmbeddingRequest, OpenAIError, parse_request
 

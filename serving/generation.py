@@ -23,6 +23,7 @@ from cache.judge import judge_request, judge_verdict
 from cache.policy import CachePlan, PolicyError
 from cache.service import CacheHit, Lookup
 from serving import failover, metrics
+from serving.cache_control import parse_cache_control
 from serving.protocol import (ChatCompletionRequest, CompletionRequest, OpenAIError, ResponsesRequest, SamplingFields,
                               parse_request)
 from serving.responses_events import (ResponsesAssembler, fresh_response, owns_response, replay_events,
@@ -119,10 +120,11 @@ async def _handle(request: Request, gw: Gateway, kind: str, tenant: str) -> Resp
     plan: CachePlan | None = None
     if gw.cache is not None:
         try:
-            plan = gw.cache.plan(kind, body, tenant, request.headers.get("cache-control"),
+            plan = gw.cache.plan(kind, body, gw.auth.caller(tenant, request.headers, body),
+                                 parse_cache_control(request.headers.get("cache-control")),
                                  request.headers.get("x-cache-namespace"))
         except PolicyError as exc:
-            raise OpenAIError(400, str(exc), param=exc.param, code="invalid_namespace") from None
+            raise OpenAIError(404, str(exc), param=exc.param, code="namespace_not_found") from None
     result = "MISS" if plan is not None and (plan.lookup or plan.store) else "BYPASS"
     affinity = affinity_text(body)
     wants_usage = bool(parsed.stream and parsed.stream_options and parsed.stream_options.include_usage)

@@ -9,6 +9,7 @@ import httpx
 import openai
 import pytest
 
+from cache.policy import CacheControl, Caller
 from tests.conftest import ALIAS, MODEL
 
 pytestmark = pytest.mark.e2e
@@ -23,7 +24,8 @@ def sha(text: str) -> str:
 
 
 def namespaces(**extra: dict) -> dict:
-    return {"namespaces": {"default": {}, "faq": {"shared": True, "ttl_s": 604800},
+    # faq: every tenant writes (gateways without tenants use it too); tests/e2e/test_tenants.py has the ACLs
+    return {"namespaces": {"default": {}, "faq": {"shared": True, "writers": ["*"], "ttl_s": 604800},
                            "sampled-exact": {"sampled": "exact"}, "sampled-all": {"sampled": "all"},
                            "short": {"ttl_s": 3}, "v2": {"version": "2"}, **extra}}
 
@@ -118,11 +120,12 @@ def test_shared_namespace_hits_across_tenants(gw):
     assert r.headers["x-cache"] == "HIT"
 
 
-def test_unknown_namespace_is_400(gw):
+def test_unknown_namespace_is_404(gw):
     r = httpx.post(gw.url + "/v1/chat/completions", headers={"authorization": f"Bearer {KEYS['a']}",
                                                              "x-cache-namespace": "nope"},
                    json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}]})
-    assert r.status_code == 400 and r.json()["error"]["param"] == "X-Cache-Namespace"
+    assert r.status_code == 404 and r.json()["error"]["param"] == "X-Cache-Namespace"
+    assert r.json()["error"]["code"] == "namespace_not_found"
 
 
 def test_temperature_policy(gw):
@@ -201,7 +204,7 @@ def test_purge_by_each_filter(gw, purge):
     if purge == "key":
         purge = {"key": gw.gw.cache.plan("chat", {"model": MODEL, "temperature": 0, "max_tokens": 24,
                                                    "messages": [{"role": "user", "content": FRANCE}]},
-                                         "a", None, None).exact_key}
+                                         Caller("a"), CacheControl(), None).exact_key}
     n = admin(gw, "/admin/cache/purge", purge)["purged"]
     assert n == (1 if "key" in purge or "tenant" in purge else 2)
     assert ask(gw, FRANCE).headers["x-cache"] == "MISS"
