@@ -9,7 +9,7 @@ from collections import Counter
 import pytest
 
 from cache.config import CacheConfig
-from cache.policy import make_plan
+from cache.policy import Caller, make_plan
 from loadtests.workload.pool import DEFAULT_POOL, ZipfSampler, load_pairs, load_pool
 from loadtests.workload.samples import Collector, Sample, answer_signature, cache_layer
 from loadtests.workload.scenarios import SCENARIOS, Settings, Workload, run_seed
@@ -66,9 +66,9 @@ def test_run_seed_makes_a_cold_fingerprint_at_temperature_zero():
     """Cold reruns rely on the gateway hashing ``seed`` into the context fingerprint."""
     cfg = CacheConfig()
     body = {"model": "smollm2", "temperature": 0, "messages": [{"role": "user", "content": "Hi"}]}
-    a = make_plan(cfg, "chat", {**body, "seed": run_seed("run-a")}, "t")
-    b = make_plan(cfg, "chat", {**body, "seed": run_seed("run-b")}, "t")
-    again = make_plan(cfg, "chat", {**body, "seed": run_seed("run-a")}, "t")
+    a = make_plan(cfg, "chat", {**body, "seed": run_seed("run-a")}, Caller("t"))
+    b = make_plan(cfg, "chat", {**body, "seed": run_seed("run-b")}, Caller("t"))
+    again = make_plan(cfg, "chat", {**body, "seed": run_seed("run-a")}, Caller("t"))
     assert a.fingerprint != b.fingerprint and a.exact_key != b.exact_key
     assert a.fingerprint == again.fingerprint and a.lookup and a.semantic
 
