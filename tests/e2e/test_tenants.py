@@ -29,7 +29,7 @@ PARAPHRASES = ["what's the capital city of France", "What is the capital of Fran
                "Which city is the capital of France?", "  WHAT IS THE CAPITAL OF FRANCE  "]
 NAMESPACES = {"default": {}, "faq": {"shared": True, "writers": ["a"], "sampled": "all"},
               "a-only": {"readers": ["a"]}, "me": {"per_user": True}}
-LEAK_HEADERS = ("age", "x-cache-layer", "x-cache-similarity")
+LEAK_HEADERS = ("age", "x-cache-layer", "x-cache-similarity", "x-cache-store")
 
 
 def sha(text: str) -> str:
