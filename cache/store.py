@@ -21,6 +21,7 @@ import redis
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.driver_info import DriverInfo
 from redis.exceptions import ResponseError
+from redisvl.exceptions import RedisSearchError
 from redisvl.index import AsyncSearchIndex
 from redisvl.query import CountQuery, FilterQuery, VectorQuery, VectorRangeQuery
 from redisvl.query.filter import FilterExpression, Tag
@@ -161,8 +162,8 @@ class CacheStore:
         if not await index.exists():
             try:
                 await index.create(overwrite=False)
-            except ResponseError as exc:  # another gateway replica created it first
-                if "exist" not in str(exc).lower():
+            except (ResponseError, RedisSearchError) as exc:  # another write (or replica) created it first
+                if "already exists" not in str(exc).lower():
                     raise
         self._created.add(pid)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -388,3 +389,15 @@ async def test_knn_with_the_batches_hint_finds_the_same_neighbours(make_store) -
     hinted = [h.entry_id for h in await s.knn(E1, tags(), 3, large=True)]
     assert plain == hinted and len(plain) == 3
     assert s.hybrid_hint  # RediSearch accepts HYBRID_POLICY
+
+
+async def test_concurrent_first_writes_to_a_partition_all_succeed(make_store) -> None:
+    """The first answers of a new partition arrive together (a burst of misses, or two gateway
+    replicas): each sees no index and creates it; the losers' "already exists" is no failure."""
+    s = make_store()
+    first = make_store(prefix=s.cfg.index_prefix)  # a second replica on the same Redis
+    vec = np.ones(DIM, dtype=np.float32) / np.sqrt(DIM)
+    await asyncio.gather(*(store.put(store.entry_id(tags(), f"k{i}"), answer=answer(str(i)), query=f"q{i}",
+                                     embedding=vec, tags=tags(), ttl_s=60)
+                           for i, store in enumerate([s, first] * 4)))
+    assert all([await s.get(s.entry_id(tags(), f"k{i}")) is not None for i in range(8)])
