@@ -14,6 +14,8 @@ from typing import Any
 import redis.asyncio as aioredis
 from service_helpers import hog_loop, service_with_entry
 
+from cache.policy import CacheControl, Caller
+
 
 async def test_one_timeout_does_not_trip_but_consecutive_ones_do(redis_url: str, embedder: Any) -> None:
     svc, store, plan = await service_with_entry(redis_url, embedder, "What is the capital of France?", "Paris.")
@@ -155,7 +157,7 @@ async def test_a_full_connection_pool_never_trips(redis_url: str, embedder: Any)
     try:
         await admin.execute_command("CLIENT", "PAUSE", 1000, "WRITE")
         for i in range(6):
-            svc.store_later(svc.plan("chat", chat(f"pool question {i}?"), "t", None, None), answer)
+            svc.store_later(svc.plan("chat", chat(f"pool question {i}?"), Caller("t"), CacheControl(), None), answer)
         await svc.drain()
         assert svc.breaker.trips == 0 and not svc.degraded
     finally:
