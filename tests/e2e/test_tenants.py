@@ -114,7 +114,7 @@ def test_namespaces_b_may_not_use_answer_exactly_like_unknown_ones(gw):
     assert (f["type"], f["param"], f["code"]) == (u["type"], u["param"], u["code"]) == (
         "invalid_request_error", "X-Cache-Namespace", "namespace_not_found")
     # namespace spellings that might alias A's scope or the shared one
-    for ns in ("A-ONLY", "a-only,default", "tenant:a", "default:1:tenant:a", "shared", "open", "*", "a-only "):
+    for ns in ("A-ONLY", "a-only,default", "tenant:a", "default:1:tenant:a", "shared", "open", "*", "a-only."):
         r = probe(gw, SECRET, headers={"x-cache-namespace": ns})
         assert r.status_code in (200, 404) and not leaked(r), ns
     assert not leaked(probe(gw, SECRET))  # and the default namespace holds only B's own entries
