@@ -63,6 +63,11 @@ class JudgeConfig(Strict):
                              description="a pair the verifier rejected is asked about from this probability")
     model: str | None = Field(None, description="model to ask; None: the request's own model")
     timeout_ms: float = Field(1000.0, gt=0, description="no verdict in time: no hit")
+    background: bool = Field(
+        False, description="ask after the response instead of before it (cache/background_judge.py): the "
+        "pair stays a miss, a yes stores the new question as an alias of the cached entry")
+    max_pending: int = Field(64, ge=1, description="background pairs waiting for the judge; more are dropped")
+    concurrency: int = Field(1, ge=1, description="background judge calls at once")
 
 
 class DecisionConfig(Strict):
@@ -118,6 +123,13 @@ class NamespaceConfig(Strict):
         description="answers sampled at temperature > 0: never cached, exact only, or all layers",
     )
     shadow_rate: float = Field(0.0, ge=0.0, le=1.0, description="fraction of hits re-checked upstream")
+    adaptive: bool = Field(
+        False, description="learn when to serve from verdicts (cache/adaptive.py) instead of the static "
+        "verifier threshold, under max_false_hit_rate; the static rule decides until verdicts arrive")
+    max_false_hit_rate: float = Field(
+        0.02, gt=0.0, lt=1.0,
+        description="adaptive: bound on P(a lookup is served a wrong answer), for every lookup that has a "
+        "candidate past the floor and the guards")
 
     @model_validator(mode="after")
     def _access_is_explicit(self) -> NamespaceConfig:

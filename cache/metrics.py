@@ -33,3 +33,11 @@ JUDGE = Counter("cachestack_cache_judge_total", "LLM judge verdicts on borderlin
 STORE_TRIPS = Counter("cachestack_cache_store_trips_total",
                       "Times the store's breaker opened (every lookup skips the store for retry_after_s), by "
                       "cause: a Redis error, or a failed check after consecutive timeouts", ["cause"])
+ADAPTIVE = Counter("cachestack_cache_adaptive_total",
+                   "Learned-threshold decisions on candidates past the guards (static: not learned yet)",
+                   ["decision"])  # serve, explore, static
+VERDICTS = Counter("cachestack_cache_verdicts_total", "Verdicts the learned thresholds learn from",
+                   ["source", "correct"])  # source: answers (a miss or shadowed hit compared), judge
+BACKGROUND_JUDGE = Counter("cachestack_cache_background_judge_total",
+                           "Background judge runs on misses just below the threshold",
+                           ["outcome"])  # yes (aliased), no, unsure, error, dropped

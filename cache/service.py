@@ -26,6 +26,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from redisvl.exceptions import RedisVLError
 
 from cache import metrics
+from cache.background_judge import BackgroundJudge, JudgeJob
 from cache.batching import Batcher, Busy
 from cache.breaker import CircuitBreaker, State
 from cache.config import CacheConfig
@@ -35,6 +36,7 @@ from cache.keys import normalise_query
 from cache.l1 import L1Cache
 from cache.policy import CacheControl, CachePlan, Caller, make_plan
 from cache.store import CacheStore, Neighbour, decode_answer, scope_filter
+from cache.verdicts import VerdictBook, answers_agree
 
 log = logging.getLogger("cachestack.cache")
 T = TypeVar("T")
@@ -65,6 +67,15 @@ class CacheHit:
     age_s: float
     entry_id: str
     store: str = "redis"  # "l1" (this process's LRU) or "redis": which store answered
+    score: float | None = None  # the rule's score of a semantic hit (its verdict's x)
+
+
+@dataclass(frozen=True, slots=True)
+class Near:
+    """A miss's candidate that passed the floor and the guards: its later verdict is about it."""
+
+    candidate: Neighbour
+    score: float
 
 
 @dataclass(slots=True)
@@ -72,10 +83,12 @@ class Lookup:
     """The outcome of a lookup; a miss keeps the query embedding so the store need not redo it.
 
     Filled in as the lookup goes (the embedding as soon as it exists), so a caller that stopped
-    waiting for the lookup still finds the embedding here when it stores the answer."""
+    waiting for the lookup still finds the embedding here when it stores the answer. A miss also
+    keeps its near candidate, which the store step judges (or compares with the fresh answer)."""
 
     hit: CacheHit | None = None
     embedding: np.ndarray | None = None
+    near: Near | None = None
 
 
 class CacheService:
@@ -104,6 +117,9 @@ class CacheService:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._background: dict[str, int] = {"store": 0, "shadow": 0}
         self._shadow_counts: dict[tuple[str, bool], int] = {}
+        self.verdicts = VerdictBook(store, cosine_scores=getattr(rule, "verifier", None) is None,
+                                    timeout_s=store.cfg.store_timeout_ms / 1000.0)
+        self._background_judge: BackgroundJudge | None = None
         metrics.REDIS_UP.set(1)
 
     # -- the store's health --------------------------------------------------------------------
@@ -309,13 +325,21 @@ class CacheService:
         metrics.STAGE_SECONDS.labels("decision").observe(time.perf_counter() - t)
         if decision is None:
             return
-        chosen, _score = decision
+        chosen, score, hit = decision
+        if not hit:
+            found.near = Near(chosen, score)
+            return
         answer = self._decoded(chosen.blob, chosen.entry_id)
         if answer is not None:
             found.hit = CacheHit(answer, "semantic", chosen.similarity, time.time() - chosen.created,
-                                 chosen.entry_id)
+                                 chosen.entry_id, score=score)
 
-    async def _decide(self, plan: CachePlan, neighbours: list[Neighbour]) -> tuple[Neighbour, float] | None:
+    async def _decide(self, plan: CachePlan, neighbours: list[Neighbour]) -> tuple[Neighbour, float, bool] | None:
+        """(candidate, score, hit), or None without a candidate past the floor and the guards.
+
+        With ``adaptive`` on, a candidate past the guards is served by the learned rule
+        (cache/verdicts.py) once its entry or partition has verdicts; the static verifier threshold
+        decides before that."""
         ns = plan.settings
         settings = resolve_settings(
             self.rule,
@@ -324,17 +348,21 @@ class CacheService:
         )
         candidates = [Candidate(n.entry_id, n.query, n.similarity) for n in neighbours]
         decision = await self._decider.submit((plan.query, candidates, settings), bounded=True)
-        if decision.candidate is None:
+        if decision.candidate is None or decision.reason.startswith(("guard", "below")):
             return None
+        chosen = next(n for n in neighbours if n.entry_id == decision.candidate.entry_id)
+        if ns.adaptive and decision.reason != "same query":
+            served = self.verdicts.decide(chosen, decision.score, ns.max_false_hit_rate)
+            if served is not None:
+                return chosen, decision.score, served
         if not decision.hit:
             j = self.cfg.decision.judge
             if not (j.enabled and self.judge is not None and decision.reason == "verifier rejected"
                     and decision.score >= j.min_score):
-                return None
+                return chosen, decision.score, False
             if not await self._judged_same(plan, decision.candidate.query, j.model, j.timeout_ms):
-                return None
-        chosen = next(n for n in neighbours if n.entry_id == decision.candidate.entry_id)
-        return chosen, decision.score
+                return chosen, decision.score, False
+        return chosen, decision.score, True
 
     async def _judged_same(self, plan: CachePlan, cached: str, model: str | None, timeout_ms: float) -> bool:
         """The LLM judge's word on a borderline pair; no verdict (timeout, error, unsure) is a no."""
@@ -393,19 +421,64 @@ class CacheService:
         return True
 
     # -- store -------------------------------------------------------------------------------
-    def store_later(self, plan: CachePlan, answer: dict[str, Any], embedding: np.ndarray | None = None) -> None:
-        """Write a complete answer in the background: the response never waits for the cache."""
-        if plan.store and not self._background_task("store", self._store(plan, answer, embedding)):
+    def store_later(self, plan: CachePlan, answer: dict[str, Any], embedding: np.ndarray | None = None,
+                    near: Near | None = None) -> None:
+        """Write a complete answer in the background: the response never waits for the cache. Then a
+        miss's near candidate gets its verdict (:meth:`_learn_from_miss`)."""
+        if plan.store and not self._background_task("store", self._store_and_learn(plan, answer, embedding, near)):
             metrics.STORES.labels(plan.namespace, "dropped").inc()
 
-    async def _store(self, plan: CachePlan, answer: dict[str, Any], embedding: np.ndarray | None) -> None:
+    async def _store_and_learn(self, plan: CachePlan, answer: dict[str, Any], embedding: np.ndarray | None,
+                               near: Near | None) -> None:
+        if await self._store(plan, answer, embedding) and near is not None and embedding is not None:
+            await self._learn_from_miss(plan, answer, embedding, near)
+
+    async def _learn_from_miss(self, plan: CachePlan, answer: dict[str, Any], embedding: np.ndarray,
+                               near: Near) -> None:
+        """A stored miss with a candidate past the guards: just below the threshold, the background
+        judge gets the pair (cache/background_judge.py); otherwise, with ``adaptive`` on, the fresh
+        answer compared with the candidate's is the verdict (vCache's exploration)."""
+        j = self.cfg.decision.judge
+        vthr = next((t for t in (plan.settings.verifier_threshold, self.cfg.decision.verifier_threshold,
+                                 getattr(self.rule, "default_verifier_threshold", None)) if t is not None), 1.0)
+        if j.background and self.judge is not None and j.min_score <= near.score < vthr:
+            self._judge_queue().submit(JudgeJob(
+                model=j.model or plan.model, cached_query=near.candidate.query, query=plan.query,
+                target_id=near.candidate.entry_id, alias_id=self.store.entry_id(self._tags(plan), plan.exact_key),
+                embedding=embedding, score=near.score, ttl_s=plan.settings.ttl_s))
+            return
+        cached = self._decoded(near.candidate.blob, near.candidate.entry_id)
+        if plan.settings.adaptive and cached is not None:
+            agree = await answers_agree(self.embedder, cached, answer)
+            if agree is not None:
+                await self.verdicts.record(near.candidate.entry_id, near.score, agree, ttl_s=plan.settings.ttl_s,
+                                           source="answers")
+
+    def _judge_queue(self) -> BackgroundJudge:
+        if self._background_judge is None:
+            assert self.judge is not None
+            j = self.cfg.decision.judge
+
+            async def alias(job: JudgeJob) -> bool:
+                async with asyncio.timeout(self.store.cfg.store_timeout_ms / 1000.0):
+                    return await self.store.put_alias(job.target_id, job.alias_id, query=job.query,
+                                                      embedding=job.embedding)
+
+            async def record(job: JudgeJob, same: bool) -> None:
+                await self.verdicts.record(job.target_id, job.score, same, ttl_s=job.ttl_s, source="judge")
+
+            self._background_judge = BackgroundJudge(self.judge, alias, record, max_pending=j.max_pending,
+                                                     concurrency=j.concurrency, timeout_ms=j.timeout_ms)
+        return self._background_judge
+
+    async def _store(self, plan: CachePlan, answer: dict[str, Any], embedding: np.ndarray | None) -> bool:
         answer = {k: v for k, v in answer.items() if k not in ("id", "created")}
         if len(orjson.dumps(answer)) > self.cfg.max_entry_bytes:
             metrics.STORES.labels(plan.namespace, "too_large").inc()
-            return
+            return False
         if not await self._usable():
             metrics.STORES.labels(plan.namespace, "skipped").inc()
-            return
+            return False
         if plan.semantic and embedding is None:
             try:
                 embedding = await self.embedder.embed(plan.query, bounded=True)
@@ -423,9 +496,10 @@ class CacheService:
         except STORE_ERRORS as exc:
             metrics.STORES.labels(plan.namespace, "error").inc()
             self._failed(exc, "store")
-            return
+            return False
         self.breaker.call_ok()
         metrics.STORES.labels(plan.namespace, "stored").inc()
+        return True
 
     # -- shadow mode -------------------------------------------------------------------------
     def maybe_shadow(self, plan: CachePlan, hit: CacheHit, fresh: Callable[[], Awaitable[dict[str, Any] | None]],
@@ -444,12 +518,11 @@ class CacheService:
             return
         if answer is None:
             return
-        a, b = answer_text(hit.answer), answer_text(answer)
-        try:
-            va, vb = await asyncio.gather(self.embedder.embed(a, bounded=True), self.embedder.embed(b, bounded=True))
-        except Busy:
+        agree = await answers_agree(self.embedder, hit.answer, answer, agree_threshold)
+        if agree is None:
             return
-        agree = a.strip() == b.strip() or float(np.dot(va, vb)) >= agree_threshold
+        if plan.settings.adaptive and hit.score is not None:
+            await self.verdicts.record(hit.entry_id, hit.score, agree, ttl_s=plan.settings.ttl_s, source="answers")
         metrics.SHADOW.labels(plan.namespace, str(agree).lower()).inc()
         key = (plan.namespace, agree)
         self._shadow_counts[key] = self._shadow_counts.get(key, 0) + 1
@@ -473,10 +546,19 @@ class CacheService:
                 "store": "degraded" if self.degraded else "ok"}
 
     async def drain(self) -> None:
-        """Wait for background stores, shadow checks and breaker checks (shutdown, tests)."""
-        while self._tasks:
+        """Wait for background stores, shadow checks, judge runs and breaker checks (shutdown, tests)."""
+        while True:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
+            if self._background_judge is not None:
+                await self._background_judge.join()
+            if not self._tasks:
+                return
 
+    async def aclose(self) -> None:
+        """Stop the background judge's workers and close the store (after :meth:`drain`)."""
+        if self._background_judge is not None:
+            await self._background_judge.aclose()
+        await self.store.aclose()
 
 def _owner(plan: CachePlan) -> dict[str, str]:
     """Who an entry belongs to, for purges: the writing tenant, and the end user in a per_user namespace."""
@@ -485,11 +567,3 @@ def _owner(plan: CachePlan) -> dict[str, str]:
         owner["user"] = plan.end_user
     return owner
 
-
-def answer_text(answer: Mapping[str, Any]) -> str:
-    if answer.get("object") == "response":
-        return "".join(str(part.get("text") or "") for item in answer.get("output") or []
-                       for part in item.get("content") or [])
-    choices = answer.get("choices") or [{}]
-    first = choices[0]
-    return str((first.get("message") or {}).get("content") or first.get("text") or "")

@@ -123,7 +123,7 @@ def create_app(settings: Settings, *, embedder: Embedder | None = None) -> FastA
                                     build_embeddings(settings, batcher, cache))
         if cache is not None:
             cache.model_label = catalog.label
-            if settings.cache.decision.judge.enabled:
+            if settings.cache.decision.judge.enabled or settings.cache.decision.judge.background:
                 cache.judge = partial(generation.ask_judge, gw)
         await catalog.refresh()
         # Startup leaves long-lived objects that every full GC pass would walk while all requests wait:
@@ -137,7 +137,7 @@ def create_app(settings: Settings, *, embedder: Embedder | None = None) -> FastA
         finally:
             if cache is not None:
                 await cache.drain()
-                await cache.store.aclose()
+                await cache.aclose()
             metrics.LIVE_APP.detach(collectors)
             await router.aclose()
             await upstream.aclose()

@@ -154,7 +154,7 @@ async def _handle(request: Request, gw: Gateway, kind: str, tenant: str) -> Resp
         except BaseException:
             _abandon(gw, speculative)
             raise
-        lookup.embedding = found.embedding
+        lookup.embedding, lookup.near = found.embedding, found.near
         if found.hit is not None:
             _abandon(gw, speculative)
             metrics.REQUEST_SECONDS.labels(path, "HIT").observe(time.perf_counter() - started)
@@ -294,7 +294,7 @@ def _after_answer(gw: Gateway, plan: CachePlan | None, lookup: Lookup, answer: d
     if plan is not None and plan.store and gw.cache is not None:
         choices = answer.get("choices") or []
         if storable_response(answer) or (choices and all(c.get("finish_reason") == "stop" for c in choices)):
-            gw.cache.store_later(plan, answer, lookup.embedding)
+            gw.cache.store_later(plan, answer, lookup.embedding, lookup.near)
 
 
 async def _open_stream(gw: Gateway, path: str, affinity: str, data: bytes) -> OpenedStream | Response:
