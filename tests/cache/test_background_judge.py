@@ -54,7 +54,7 @@ class FakeJudge:
 def service(redis_url: str, embedder: Any, prefix: str, *, adaptive: bool = False,
             judge: dict[str, Any] | None = None) -> CacheService:
     cfg = CacheConfig.model_validate({
-        "l1_max_bytes": 0,
+        "l1_max_bytes": 0, "lookup_deadline_ms": 30000,  # a shared machine: no lookup gives up here
         "namespaces": {"default": {"threshold": 0.7, "verifier_threshold": 0.99, "adaptive": adaptive}},
         "decision": {"judge": {"background": True, "min_score": 0.3, "timeout_ms": 2000, **(judge or {})}},
     })
@@ -66,6 +66,7 @@ def service(redis_url: str, embedder: Any, prefix: str, *, adaptive: bool = Fals
 async def cached_then_asked(svc: CacheService, fresh: str) -> Any:
     """CACHED stored with "Answer A"; ASKED looked up (a miss with a near candidate) and its fresh
     answer handed to the store step, as the gateway does after the response; returns that lookup."""
+    assert await svc.connect()
     plan_a = svc.plan("chat", chat(CACHED), "t", None, None)
     assert await svc._store(plan_a, answer("Answer A"), None)
     plan_b = svc.plan("chat", chat(ASKED), "t", None, None)
@@ -176,6 +177,7 @@ async def test_replicas_share_verdicts_and_the_learned_rule_serves_below_the_sta
         neighbour = f"{scope}:another-entry"
         for s in rng.random(60):
             await a.verdicts.record(neighbour, float(s), bool(s > 0.3), ttl_s=60, source="answers")
+        assert await b.connect()
         await b.verdicts._refresh(scope)
         assert len(b.verdicts.learner.verdicts(scope)) == 61
         b.verdicts.learner.explore = 0.0
