@@ -8,7 +8,9 @@ the candidate's, a shadowed hit, or the LLM judge. The model is vCache's: P(corr
 sigmoid(gamma * (s - t)), fitted per cached entry once the entry has ``min_verdicts`` verdicts of its
 own, else over its neighbourhood's recent verdicts (the store partition: most entries are asked about
 once or twice, too few to learn from alone). Like vCache, a decision uses a lower confidence bound
-alpha(s) on that chance, not the fit itself, so a handful of verdicts vouches for little.
+alpha(s) on that chance, not the fit itself, so a handful of verdicts vouches for little; where the
+verdicts are all right (the sigmoid's t is then unknown and its bound stays loose), the share of right
+verdicts in the score band just below s bounds the chance too (:func:`lower_bound`).
 
 The bound ``delta`` is on false hits per lookup (over lookups with a candidate past the floor and the
 guards). vCache spends it per request: it serves with probability delta / (1 - alpha(s)), which holds
@@ -36,6 +38,7 @@ import numpy as np
 _EPS = np.linspace(1e-6, 1 - 1e-6, 50)
 _Z = np.array([NormalDist().inv_cdf(1 - e) for e in _EPS])  # z_(1-eps) for each eps of the grid
 _PRIOR_VAR = 50.0**2  # weak Gaussian prior on both coefficients: finite fits when verdicts separate
+BAND = 0.1  # width of the score band whose verdicts bound P(correct) at its top
 _WIDTH = 5  # one packed verdict: 4 digits of the score in [0, 1] (cosine: (s + 1) / 2), then 0 or 1
 
 
@@ -95,16 +98,38 @@ def fit_sigmoid(verdicts: Sequence[Verdict]) -> SigmoidFit | None:
     return SigmoidFit(t=t, gamma=gamma, var_t=max(0.0, float(grad_t @ cov @ grad_t)), n=len(verdicts))
 
 
-def lower_bound(fit: SigmoidFit, score: float | np.ndarray) -> float | np.ndarray:
-    """vCache's lower bound on P(correct | s): the sigmoid at t moved up by z_(1-eps) standard errors,
-    times (1 - eps) for the chance that the move was not enough, at the best eps of a grid."""
-    s = np.atleast_1d(np.asarray(score, dtype=np.float64))[:, None]
+def lower_bound(fit: SigmoidFit, score: float | np.ndarray, verdicts: Sequence[Verdict] = ()) -> float | np.ndarray:
+    """A lower bound on P(correct | s): the larger of two.
+
+    vCache's: the sigmoid at t moved up by z_(1-eps) standard errors, times (1 - eps) for the chance
+    that the move was not enough, at the best eps of a grid. And a band's: P(correct) only grows with
+    the score, so the share of right verdicts among those scored in [s - BAND, s] bounds it from
+    below (Wilson, 99%). The second matters when verdicts are all right: then t is not pinned down
+    and the first stays loose however many verdicts arrive."""
+    s = np.atleast_1d(np.asarray(score, dtype=np.float64))
     t_upper = fit.t + _Z[None, :] * math.sqrt(fit.var_t)
-    alpha = ((1 - _EPS)[None, :] * _sigmoid(fit.gamma * (s - t_upper))).max(axis=1)
+    alpha = ((1 - _EPS)[None, :] * _sigmoid(fit.gamma * (s[:, None] - t_upper))).max(axis=1)
+    if verdicts:
+        vs = np.array([v.score for v in verdicts])
+        ok = np.array([v.correct for v in verdicts], dtype=np.float64)
+        order = np.argsort(vs)
+        vs, cum = vs[order], np.concatenate([[0.0], np.cumsum(ok[order])])
+        hi = np.searchsorted(vs, s, side="right")
+        lo = np.searchsorted(vs, s - BAND, side="left")
+        n = hi - lo
+        alpha = np.maximum(alpha, _wilson_lower(cum[hi] - cum[lo], n))
     return float(alpha[0]) if np.ndim(score) == 0 else alpha
 
 
-def budget_cut(fit: SigmoidFit, scores: Sequence[float], delta: float) -> float:
+def _wilson_lower(k: np.ndarray, n: np.ndarray, z: float = 2.576) -> np.ndarray:
+    n_safe = np.maximum(n, 1)
+    p = k / n_safe
+    centre = p + z * z / (2 * n_safe)
+    spread = z * np.sqrt(p * (1 - p) / n_safe + z * z / (4 * n_safe * n_safe))
+    return np.where(n > 0, (centre - spread) / (1 + z * z / n_safe), 0.0)
+
+
+def budget_cut(fit: SigmoidFit, scores: Sequence[float], delta: float, verdicts: Sequence[Verdict] = ()) -> float:
     """The largest chance of being wrong, 1 - lower_bound, a served candidate may have so that serving
     every recent lookup at or under it keeps the expected false hits per lookup within ``delta``.
 
@@ -113,7 +138,7 @@ def budget_cut(fit: SigmoidFit, scores: Sequence[float], delta: float) -> float:
     (a hit expected to be wrong is not worth serving)."""
     if not scores:
         return 0.0
-    wrong = np.sort(1.0 - np.asarray(lower_bound(fit, np.asarray(scores, dtype=np.float64))))
+    wrong = np.sort(1.0 - np.asarray(lower_bound(fit, np.asarray(scores, dtype=np.float64), verdicts)))
     within = wrong[np.cumsum(wrong) / len(wrong) <= delta]
     return float(min(0.5, within[-1])) if len(within) else 0.0
 
@@ -207,14 +232,17 @@ class ThresholdLearner:
             return None
         fit, cuts = state
         if delta not in cuts:
-            cuts[delta] = budget_cut(fit, list(self._scores.get(scope, ())), delta)
+            cuts[delta] = budget_cut(fit, list(self._scores.get(scope, ())), delta, self.verdicts(scope))
         return cuts[delta]
 
     def wrong_chance(self, scope: str, score: float, entry_verdicts: Sequence[Verdict] = ()) -> float | None:
         """1 - lower bound of P(correct | score), from the entry's own verdicts once it has
         ``min_verdicts`` of them, else from its scope's; None while neither has enough."""
-        fit = fit_sigmoid(entry_verdicts) if len(entry_verdicts) >= self.min_verdicts else self.scope_fit(scope)
-        return None if fit is None else 1.0 - float(lower_bound(fit, score))
+        own = len(entry_verdicts) >= self.min_verdicts
+        fit = fit_sigmoid(entry_verdicts) if own else self.scope_fit(scope)
+        if fit is None:
+            return None
+        return 1.0 - float(lower_bound(fit, score, entry_verdicts if own else self.verdicts(scope)))
 
     def decide(self, scope: str, score: float, entry_verdicts: Sequence[Verdict] = (),
                *, delta: float) -> bool | None:

@@ -50,6 +50,19 @@ def test_lower_bound_stays_under_the_true_curve() -> None:
     assert alpha[-1] > 0.9  # and is not vacuous where the evidence is good
 
 
+def test_right_verdicts_alone_tighten_the_bound_through_their_band() -> None:
+    """With only right verdicts t is not pinned down; their band still vouches for a high chance."""
+    rng = random.Random(7)
+    right = [Verdict(0.5 + 0.4 * rng.random(), True) for _ in range(400)]
+    fit = fit_sigmoid(right)
+    assert fit is not None
+    assert lower_bound(fit, 0.85) < 0.9  # the sigmoid's bound alone
+    assert lower_bound(fit, 0.85, right) > 0.92  # ~90 right verdicts within 0.1 below it (Wilson, 99%)
+    assert lower_bound(fit, 0.3, right) == lower_bound(fit, 0.3)  # no verdicts in that band
+    mixed = right + [Verdict(0.8, False)] * 30
+    assert lower_bound(fit, 0.85, mixed) < lower_bound(fit, 0.85, right)
+
+
 @pytest.mark.parametrize("delta", [0.005, 0.02, 0.1])
 def test_budget_cut_spends_at_most_delta_per_lookup(delta: float) -> None:
     fit = fit_sigmoid(sigmoid_verdicts(2000, t=0.7, gamma=15, seed=2))

@@ -58,7 +58,7 @@ def service(redis_url: str, embedder: Any, prefix: str, *, adaptive: bool = Fals
         "namespaces": {"default": {"threshold": 0.7, "verifier_threshold": 0.99, "adaptive": adaptive}},
         "decision": {"judge": {"background": True, "min_score": 0.3, "timeout_ms": 2000, **(judge or {})}},
     })
-    store = CacheStore(RedisConfig(url=redis_url, index_prefix=prefix), embedder.dim)
+    store = CacheStore(RedisConfig(url=redis_url, index_prefix=prefix, store_timeout_ms=5000), embedder.dim)
     return CacheService(cfg, store, MicroBatcher(embedder), build_rule(cfg.decision), budget_ms=2000,
                         retry_after_s=1)
 
