@@ -42,6 +42,8 @@ log = logging.getLogger("cachestack.cache")
 T = TypeVar("T")
 Judge = Callable[[str, str, str], Awaitable[float | None]]
 STORE_ERRORS = (RedisError, RedisVLError, OSError, asyncio.TimeoutError)
+# reasons of a decision on a candidate past the floor and the guards, scored by the rule
+_SCORED = ("same query", "verified", "verifier rejected", "cosine", "cosine + guards")
 
 
 def timed_out(exc: BaseException | None) -> bool:
@@ -348,7 +350,7 @@ class CacheService:
         )
         candidates = [Candidate(n.entry_id, n.query, n.similarity) for n in neighbours]
         decision = await self._decider.submit((plan.query, candidates, settings), bounded=True)
-        if decision.candidate is None or decision.reason.startswith(("guard", "below")):
+        if decision.candidate is None or decision.reason not in _SCORED:
             return None
         chosen = next(n for n in neighbours if n.entry_id == decision.candidate.entry_id)
         if ns.adaptive and decision.reason != "same query":
