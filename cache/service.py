@@ -562,6 +562,7 @@ class CacheService:
             await self._background_judge.aclose()
         await self.store.aclose()
 
+
 def _owner(plan: CachePlan) -> dict[str, str]:
     """Who an entry belongs to, for purges: the writing tenant, and the end user in a per_user namespace."""
     owner = {"tenant": plan.tenant or ""}

@@ -16,8 +16,11 @@ from cache.background_judge import BackgroundJudge, JudgeJob
 from cache.config import CacheConfig, RedisConfig
 from cache.decision import build_rule
 from cache.embedder import MicroBatcher
+from cache.policy import CacheControl, Caller
 from cache.service import CacheService
 from cache.store import CacheStore
+
+CALLER = Caller("t")
 
 CACHED = "How do I learn Python quickly?"
 THIRD = "What's the quickest way to learn Python?"
@@ -67,9 +70,9 @@ async def cached_then_asked(svc: CacheService, fresh: str) -> Any:
     """CACHED stored with "Answer A"; ASKED looked up (a miss with a near candidate) and its fresh
     answer handed to the store step, as the gateway does after the response; returns that lookup."""
     assert await svc.connect()
-    plan_a = svc.plan("chat", chat(CACHED), "t", None, None)
+    plan_a = svc.plan("chat", chat(CACHED), CALLER, CacheControl(), None)
     assert await svc._store(plan_a, answer("Answer A"), None)
-    plan_b = svc.plan("chat", chat(ASKED), "t", None, None)
+    plan_b = svc.plan("chat", chat(ASKED), CALLER, CacheControl(), None)
     found = await svc.lookup(plan_b)
     assert found.hit is None and found.near is not None
     assert 0.3 <= found.near.score < 0.99
@@ -83,9 +86,9 @@ async def test_a_yes_stores_the_new_question_as_an_alias_so_its_next_ask_hits(re
     try:
         found = await cached_then_asked(svc, "Answer B")
         await svc.drain()
-        assert judge.calls == [("smollm2", found.near.candidate.query, svc.plan("chat", chat(ASKED), "t", None,
-                                                                                  None).query)]
-        plan = svc.plan("chat", chat(ASKED), "t", None, None)
+        assert judge.calls == [("smollm2", found.near.candidate.query, svc.plan("chat", chat(ASKED), CALLER,
+                                                                                  CacheControl(), None).query)]
+        plan = svc.plan("chat", chat(ASKED), CALLER, CacheControl(), None)
         again = await svc.lookup(plan)
         assert again.hit is not None and content(again.hit.answer) == "Answer A"  # the vetted answer
         alias = svc.store.key(svc.store.entry_id(svc._tags(plan), plan.exact_key))
@@ -106,7 +109,7 @@ async def test_a_no_leaves_the_fresh_answer_and_records_a_wrong_verdict(redis_ur
     try:
         found = await cached_then_asked(svc, "Answer B")
         await svc.drain()
-        plan = svc.plan("chat", chat(ASKED), "t", None, None)
+        plan = svc.plan("chat", chat(ASKED), CALLER, CacheControl(), None)
         again = await svc.lookup(plan)
         assert again.hit is not None and content(again.hit.answer) == "Answer B"
         assert not await svc.store.redis.hexists(svc.store.key(svc.store.entry_id(svc._tags(plan), plan.exact_key)),
@@ -127,11 +130,11 @@ async def test_lookups_never_wait_for_the_judge(redis_url: str, embedder: Any) -
         await cached_then_asked(svc, "Answer B")
         while not judge.calls:  # the store ran and the judge has the pair
             await asyncio.sleep(0.01)
-        found = await asyncio.wait_for(svc.lookup(svc.plan("chat", chat(ASKED), "t", None, None)), 5)
+        found = await asyncio.wait_for(svc.lookup(svc.plan("chat", chat(ASKED), CALLER, CacheControl(), None)), 5)
         assert found.hit is not None and content(found.hit.answer) == "Answer B"  # no alias yet
         await svc.drain()  # the judge times out: no alias, counted
         assert metrics.BACKGROUND_JUDGE.labels("error")._value.get() == errors + 1
-        again = await svc.lookup(svc.plan("chat", chat(ASKED), "t", None, None))
+        again = await svc.lookup(svc.plan("chat", chat(ASKED), CALLER, CacheControl(), None))
         assert again.hit is not None and content(again.hit.answer) == "Answer B"
     finally:
         gate.set()
@@ -184,7 +187,7 @@ async def test_replicas_share_verdicts_and_the_learned_rule_serves_below_the_sta
         for s in rng.random(200):  # b's recent traffic: the budget is spent over it
             b.verdicts.learner._window(scope)
             b.verdicts.learner._scores[scope].append(float(s))
-        plan = b.plan("chat", chat(THIRD), "t", None, None)
+        plan = b.plan("chat", chat(THIRD), CALLER, CacheControl(), None)
         hit = (await b.lookup(plan)).hit
         assert hit is not None and hit.layer == "semantic" and content(hit.answer) == "Answer A"
         assert hit.score is not None and hit.score < 0.99  # the static threshold would have missed
