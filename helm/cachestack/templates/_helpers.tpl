@@ -116,3 +116,23 @@ Booleans are resolved with hasKey so an explicit `false` wins over a default `tr
   podSelector:
     {{- toYaml .podSelector | nindent 4 }}
 {{- end }}
+
+{{/*
+A memory quantity ("32Gi", "512Mi", "1Ti", or bytes as an integer) in MiB, for the offload
+arithmetic; other suffixes fail so the sum is never silently wrong: (dict "q" "32Gi" "where" "models[a]").
+*/}}
+{{- define "cachestack.memMi" -}}
+{{- $q := toString .q }}
+{{- if regexMatch "^[0-9]+Gi$" $q }}{{ mul (trimSuffix "Gi" $q | atoi) 1024 }}
+{{- else if regexMatch "^[0-9]+Mi$" $q }}{{ trimSuffix "Mi" $q | atoi }}
+{{- else if regexMatch "^[0-9]+Ti$" $q }}{{ mul (trimSuffix "Ti" $q | atoi) 1048576 }}
+{{- else if regexMatch "^[0-9]+$" $q }}{{ div (atoi $q) 1048576 }}
+{{- else }}{{ fail (printf "%s: memory %q must be a whole number of Mi, Gi or Ti (or bytes) when kvOffload is enabled, so the chart can add the offload size to it" .where $q) }}
+{{- end }}
+{{- end }}
+
+{{/* MiB back to a quantity: whole GiB print as Gi. */}}
+{{- define "cachestack.miQuantity" -}}
+{{- $mi := int . }}
+{{- if eq (mod $mi 1024) 0 }}{{ div $mi 1024 }}Gi{{ else }}{{ $mi }}Mi{{ end }}
+{{- end }}
