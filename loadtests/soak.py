@@ -35,7 +35,7 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from loadtests.common import REPO, gateway_process, pct, write_json  # noqa: E402
+from loadtests.common import REPO, fake_upstream, gateway_process, pct, write_json  # noqa: E402
 
 TOPICS = ["France", "Japan", "Brazil", "Canada", "Egypt", "Kenya", "Norway", "Peru", "India", "Spain",
           "Chile", "Italy", "Ghana", "Nepal", "Cuba", "Iran", "Mali", "Laos", "Fiji", "Oman"]
@@ -84,7 +84,7 @@ def _fds(pid: int) -> int:
     return len(list(Path(f"/proc/{pid}/fd").iterdir()))
 
 
-def _request(i: int, rng: random.Random) -> tuple[str, dict[str, Any]]:
+def _request(i: int, rng: random.Random, model: str) -> tuple[str, dict[str, Any]]:
     roll = rng.random()
     if roll < 0.55:
         kind, text = "repeat", rng.choice(QUESTIONS)
@@ -92,7 +92,7 @@ def _request(i: int, rng: random.Random) -> tuple[str, dict[str, Any]]:
         kind, text = "paraphrase", rng.choice(PARAPHRASES).format(q=rng.choice(QUESTIONS))
     else:
         kind, text = "new", f"In one sentence, what is {rng.randint(10, 999)} plus {rng.randint(10, 999)}? ({i})"
-    body = {"model": "smollm2", "messages": [{"role": "user", "content": text}], "max_tokens": 24,
+    body = {"model": model, "messages": [{"role": "user", "content": text}], "max_tokens": 24,
             "temperature": 0, "stream": rng.random() < 1 / 3}
     return kind, body
 
@@ -119,7 +119,8 @@ async def _one(http: aiohttp.ClientSession, url: str, body: dict[str, Any]) -> t
 
 
 async def drive(url: str, pid: int, redis_url: str, *, duration_s: float, rate: float, warmup_s: float,
-                max_requests: int, sample_s: float, seed: int = 7, max_outstanding: int = 256) -> Result:
+                max_requests: int, sample_s: float, seed: int = 7, max_outstanding: int = 256,
+                model: str = "smollm2") -> Result:
     """Send ``rate`` requests/s for ``duration_s`` (at most ``max_requests``), sampling as it goes."""
     res = Result(duration_s, rate, warmup_s)
     rng = random.Random(seed)
@@ -161,7 +162,7 @@ async def drive(url: str, pid: int, redis_url: str, *, duration_s: float, rate: 
             if len(outstanding) >= max_outstanding:
                 errors["client_backlog"] += 1  # the stack fell this far behind the fixed rate
                 continue
-            kind, body = _request(i, rng)
+            kind, body = _request(i, rng, model)
             task = asyncio.create_task(timed(kind, body))
             outstanding.add(task)
             task.add_done_callback(outstanding.discard)
@@ -234,10 +235,17 @@ def report(res: Result) -> None:
           f"(start {g['redis_clients_start']}, end {g['redis_clients_end']})", flush=True)
 
 
-def run(vllm_url: str | None = None, redis_url: str | None = None, **kw: Any) -> Result:
-    with local_stack(vllm_url, redis_url) as (vllm, redis_at):
-        with gateway_process(gateway_config(vllm, redis_at), ready_timeout_s=600) as (url, proc):
-            return asyncio.run(drive(url, proc.pid, redis_at, **kw))
+def run(vllm_url: str | None = None, redis_url: str | None = None, fake_upstream_ms: float | None = None,
+        **kw: Any) -> Result:
+    """With ``fake_upstream_ms`` the upstream is loadtests/fake_upstream.py answering after that delay
+    instead of vLLM (Valkey, the embedder and the gateway stay real)."""
+    with contextlib.ExitStack() as stack:
+        if fake_upstream_ms is not None:
+            vllm_url = stack.enter_context(fake_upstream(fake_upstream_ms))
+            kw["model"] = "fake"
+        vllm, redis_at = stack.enter_context(local_stack(vllm_url, redis_url))
+        url, proc = stack.enter_context(gateway_process(gateway_config(vllm, redis_at), ready_timeout_s=600))
+        return asyncio.run(drive(url, proc.pid, redis_at, **kw))
 
 
 def main() -> None:
@@ -249,9 +257,11 @@ def main() -> None:
     p.add_argument("--sample-s", type=float, default=10.0)
     p.add_argument("--vllm-url")
     p.add_argument("--redis-url")
+    p.add_argument("--fake-upstream-ms", type=float,
+                   help="use loadtests/fake_upstream.py with this delay instead of vLLM")
     p.add_argument("--json")
     a = p.parse_args()
-    res = run(a.vllm_url, a.redis_url, duration_s=a.duration, rate=a.rate, warmup_s=min(a.warmup, a.duration / 2),
+    res = run(a.vllm_url, a.redis_url, a.fake_upstream_ms, duration_s=a.duration, rate=a.rate, warmup_s=min(a.warmup, a.duration / 2),
               max_requests=a.max_requests, sample_s=a.sample_s)
     report(res)
     write_json(a.json, asdict(res))

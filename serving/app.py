@@ -186,7 +186,7 @@ class RequestMetrics:
     async def __call__(self, scope, receive, send):  # type: ignore[no-untyped-def]
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        status = 500
+        status = 499  # stays so when no response started: the client left and the request was cancelled
         started = time.perf_counter()
 
         async def send_status(message):  # type: ignore[no-untyped-def]
