@@ -65,7 +65,9 @@ class Embedder:
             path = snapshot_download(path, local_files_only=True)
         from cache.onnx_encoder import model_digest
 
-        self.identity: str = model_digest(Path(path))[:10]  # the vector space, for the store's index names
+        # The vector space: a digest of the weights (onnx and torch embed alike, to 1e-5). It names the
+        # store's indexes and keys the embeddings cache, so a model switch never mixes vectors.
+        self.identity: str = model_digest(Path(path))[:10]
         self._onnx = None
         self.model = None
         if backend == "onnx":
@@ -74,7 +76,6 @@ class Embedder:
             self._onnx = OnnxEncoder(path, onnx_dir, threads=threads or 1)
             self.dim: int = self._onnx.dim
             self.max_tokens: int = self._onnx.max_length
-            self.identity = f"onnx:{self._onnx.path.name}"  # the graph's name carries a digest of the weights
             return
         from sentence_transformers import SentenceTransformer
 
@@ -86,7 +87,6 @@ class Embedder:
         getdim = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
         self.dim = int(getdim() or self.model.encode(["dimension probe"]).shape[1])
         self.max_tokens = int(self.model.max_seq_length)
-        self.identity = f"torch:{path}"
 
     def token_counts(self, texts: Sequence[str]) -> list[int]:
         """Tokens each text is (special tokens included, before truncation): usage, and the input limit."""

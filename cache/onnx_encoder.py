@@ -118,7 +118,10 @@ def _read_sentence_transformers_config(root: Path) -> tuple[str, int]:
         raise ValueError(f"the onnx backend supports mean or cls pooling, not {modes}: use backend torch")
     st_cfg = root / "sentence_bert_config.json"
     max_length = json.loads(st_cfg.read_text()).get("max_seq_length") if st_cfg.is_file() else None
-    if not max_length:
+    tok_cfg = root / "tokenizer_config.json"
+    if not max_length and tok_cfg.is_file():  # sentence-transformers 6 keeps it with the tokenizer
+        max_length = json.loads(tok_cfg.read_text()).get("model_max_length")
+    if not max_length or max_length > 100_000:  # transformers' "no limit" sentinel is ~1e30
         max_length = json.loads((root / "config.json").read_text()).get("max_position_embeddings", 512)
     return pooling, int(max_length)
 

@@ -42,6 +42,8 @@ def main() -> None:
     ap.add_argument("--json")
     ap.add_argument("--embedder", default="all-MiniLM-L6-v2")
     ap.add_argument("--verifier", default=None, help="verifier directory (default: the shipped one)")
+    ap.add_argument("--rules", nargs="+", choices=["baseline", "no-guards", "shipped"],
+                    default=["baseline", "no-guards", "shipped"])
     args = ap.parse_args()
     pairs = list(read_pairs(args.qqp, args.part))
     emb = MemoEmbedder(Embedder(args.embedder))
@@ -75,11 +77,14 @@ def main() -> None:
         rows.append(row)
         print(json.dumps(row), flush=True)
 
-    report("cosine threshold 0.93 (baseline)", ThresholdRule(), RuleSettings(0.93), 0.5)
-    report("cosine + guards", VerifiedRule(None, guards_enabled=True), RuleSettings(0.93), 0.5)
-    no_guards = VerifiedRule(shipped.verifier, guards_enabled=False)
-    report("cross-encoder + cosine, no guards", no_guards, d, d.threshold)
-    report("shipped: floor + guards + cross-encoder", shipped, d, d.threshold)
+    if "baseline" in args.rules:
+        report("cosine threshold 0.93 (baseline)", ThresholdRule(), RuleSettings(0.93), 0.5)
+        report("cosine + guards", VerifiedRule(None, guards_enabled=True), RuleSettings(0.93), 0.5)
+    if "no-guards" in args.rules:
+        no_guards = VerifiedRule(shipped.verifier, guards_enabled=False)
+        report("cross-encoder + cosine, no guards", no_guards, d, d.threshold)
+    if "shipped" in args.rules:
+        report("shipped: floor + guards + cross-encoder", shipped, d, d.threshold)
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(rows, fh, indent=2)

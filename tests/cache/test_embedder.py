@@ -151,20 +151,35 @@ async def test_microbatcher_encodes_off_the_event_loop(embedder: Any, monkeypatc
     assert threads and threads[0] != threading.get_ident()
 
 
-def test_onnx_backend_agrees_with_torch_to_1e5(tmp_path):
-    """The shipped default (onnx) must give the cosines torch gives: a threshold tuned on one holds
-    for the other."""
+@pytest.mark.parametrize("model", ["all-MiniLM-L6-v2", "cachestack/minilm-l6-qqp"])
+def test_onnx_backend_agrees_with_torch_to_1e5(tmp_path, model):
+    """The onnx backend must give the cosines torch gives, for stock MiniLM and for the shipped
+    fine-tuned embedder (float16 weights, float32 graph): a threshold tuned on one holds for the other."""
     from cache.embedder import Embedder
 
     texts = ["What is RAG?", "Can you explain retrieval-augmented generation?", "enable 2FA", "disable 2FA",
              "How do I reset my password?", "what's the capital city of France", "ÉCOLE Straße naïve",
              "a long question " * 120]  # > 256 tokens: truncated the way sentence-transformers does
-    onnx = Embedder(backend="onnx", onnx_dir=str(tmp_path))
-    torch_ = Embedder(backend="torch")
+    onnx = Embedder(model, backend="onnx", onnx_dir=str(tmp_path))
+    torch_ = Embedder(model, backend="torch")
     a, b = onnx.encode(texts), torch_.encode(texts)
     assert a.shape == b.shape == (len(texts), 384)
     assert float(abs(a @ a.T - b @ b.T).max()) < 1e-5
     assert list(tmp_path.glob("*.onnx"))  # exported once, kept for the next start
+    assert onnx.identity == torch_.identity  # one vector space, whichever backend runs it
+
+
+def test_each_embedder_has_its_own_vector_space(tmp_path):
+    """Stock and fine-tuned MiniLM have the same dimension but not the same vectors: their identities
+    (which name the store's indexes and keys) differ, and so do their embeddings."""
+    from cache.embedder import Embedder
+
+    stock = Embedder("all-MiniLM-L6-v2", onnx_dir=str(tmp_path))
+    tuned = Embedder("cachestack/minilm-l6-qqp", onnx_dir=str(tmp_path))
+    assert stock.dim == tuned.dim == 384
+    assert stock.identity != tuned.identity
+    a, b = stock.encode(["How do I reset my password?"]), tuned.encode(["How do I reset my password?"])
+    assert float(a[0] @ b[0]) < 0.99
 
 
 def test_onnx_backend_serves_without_torch(tmp_path):
