@@ -52,7 +52,7 @@ def post(gw, question: str, *, tenant: str | None = "a", headers: dict | None = 
     params.setdefault("max_tokens", 24)
     body = {"model": MODEL, "messages": [{"role": "user", "content": question}], "stream": stream, **params}
     h = {"authorization": f"Bearer {KEYS[tenant]}"} if tenant else {}
-    r = httpx.post(gw.url + "/v1/chat/completions", json=body, timeout=60, headers={**h, **(headers or {})})
+    r = httpx.post(gw.url + "/v1/chat/completions", json=body, timeout=180, headers={**h, **(headers or {})})
     gw.drain()
     return r
 
