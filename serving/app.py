@@ -8,7 +8,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 
 from fastapi import FastAPI
@@ -23,11 +23,13 @@ from cache.embedder import Embedder, MicroBatcher, embedder_from_config
 from cache.service import CacheService
 from cache.store import CacheStore
 from cache.vectors import VectorCache
-from serving import generation, metrics
+from serving import metrics
 from serving.auth import Authenticator
 from serving.cancellation import RequestLifetime
 from serving.catalog import ModelCatalog
+from serving.checks import ask_judge
 from serving.config import Settings
+from serving.limits import TenantSlots
 from serving.embeddings import Embeddings, LocalModel, local_name
 from serving.prefix_hygiene import PrefixHygiene
 from serving.protocol import OpenAIError, error_body
@@ -52,7 +54,7 @@ class Gateway:
     singleflight: SingleFlight
     hygiene: PrefixHygiene | None
     embeddings: Embeddings
-    in_flight: dict[str, int] = field(default_factory=dict)  # per tenant, for max_in_flight_per_tenant
+    slots: TenantSlots  # server.max_in_flight_per_tenant
 
 
 def build_rule(settings: Settings) -> DecisionRule:
@@ -120,11 +122,12 @@ def create_app(settings: Settings, *, embedder: Embedder | None = None) -> FastA
         cache = await build_cache(settings, batcher)
         gw = app.state.gw = Gateway(settings, auth, upstream, router, catalog, cache,
                                     SingleFlight(), PrefixHygiene(ph.window, ph.head_chars) if ph.enabled else None,
-                                    build_embeddings(settings, batcher, cache))
+                                    build_embeddings(settings, batcher, cache),
+                                    TenantSlots(settings.server.max_in_flight_per_tenant))
         if cache is not None:
             cache.model_label = catalog.label
             if settings.cache.decision.judge.enabled or settings.cache.decision.judge.background:
-                cache.judge = partial(generation.ask_judge, gw)
+                cache.judge = partial(ask_judge, gw)
         await catalog.refresh()
         # Startup leaves long-lived objects that every full GC pass would walk while all requests wait:
         # with torch loaded (~500k objects) a pass took 226 ms, and the p99 of exact hits at

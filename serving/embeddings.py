@@ -27,7 +27,7 @@ from cache.embedder import Embedder, MicroBatcher
 from cache.vectors import VectorCache, Vectors, vector_key
 from serving import metrics
 from serving.cache_control import parse_cache_control
-from serving.generation import read_body
+from serving.limits import read_body
 from serving.protocol import EmbeddingRequest, OpenAIError, parse_request
 
 if TYPE_CHECKING:

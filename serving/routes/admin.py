@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
-from serving.generation import read_body
+from serving.limits import read_body
 from cache.policy import user_scope
 from serving.protocol import OpenAIError
 

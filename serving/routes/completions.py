@@ -4,7 +4,7 @@ from starlette.routing import Route
 from starlette.requests import Request
 from starlette.responses import Response
 
-from serving.generation import handle
+from serving.flow import handle
 
 async def completions(request: Request) -> Response:
     return await handle(request, "completion")

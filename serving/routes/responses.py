@@ -1,10 +1,10 @@
-"""POST /v1/responses: the chat flow (serving/generation.py) with the Responses API's shapes."""
+"""POST /v1/responses: the chat flow (serving/flow.py) with the Responses API's shapes."""
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from serving.generation import handle
+from serving.flow import handle
 
 
 async def responses(request: Request) -> Response:
