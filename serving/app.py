@@ -29,7 +29,7 @@ from serving.cancellation import RequestLifetime
 from serving.catalog import ModelCatalog
 from serving.checks import ask_judge
 from serving.config import Settings
-from serving.limits import TenantSlots
+from serving.limits import HeaderLimit, TenantSlots
 from serving.embeddings import Embeddings, LocalModel, local_name
 from serving.prefix_hygiene import PrefixHygiene
 from serving.protocol import OpenAIError, error_body
@@ -150,6 +150,7 @@ def create_app(settings: Settings, *, embedder: Embedder | None = None) -> FastA
         app.router.routes.extend(module.routes)
     app.add_middleware(RequestLifetime, paths=[r.path for m in (chat, completions) for r in m.routes],
                        timeout_s=settings.server.request_timeout_s)
+    app.add_middleware(HeaderLimit, max_bytes=settings.server.max_header_bytes)
 
     @app.exception_handler(OpenAIError)
     async def openai_error(_: Request, exc: OpenAIError) -> Response:

@@ -24,6 +24,9 @@ class ServerConfig(Strict):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=1, le=65535)
     max_body_bytes: int = Field(1_048_576, ge=1024, description="larger request bodies get 413")
+    max_header_bytes: int = Field(16_384, ge=1024, description="requests with larger headers (all of them) get 431")
+    max_messages: int = Field(1024, ge=1, description="chat requests with more messages get 400")
+    max_tokens: int = Field(32_768, ge=1, description="a larger max_tokens / max_completion_tokens gets 400")
     log_prompts: bool = Field(False, description="never log prompt or answer text unless set")
     max_in_flight_per_tenant: int | None = Field(
         None, ge=1, description="more concurrent generation requests from one tenant get 429")

@@ -9,6 +9,7 @@ miss's upstream call started speculatively (speculation.py) -> 6a HIT: hits.py -
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -43,6 +44,7 @@ KINDS: dict[str, tuple[str, type[SamplingFields | ResponsesRequest]]] = {
     "responses": ("/v1/responses", ResponsesRequest),
 }
 Outcome = OpenedStream | Response | tuple[int, bytes, str]
+prompt_log = logging.getLogger("cachestack.prompts")  # written only with server.log_prompts
 
 
 async def handle(request: Request, kind: str) -> Response:
@@ -56,7 +58,8 @@ async def _handle(request: Request, gw: Gateway, kind: str, tenant: str) -> Resp
     path, model_cls = KINDS[kind]
     timer = RequestTimer(path, time.perf_counter())
     raw = await read_body(request, gw.cfg.server.max_body_bytes)
-    body, parsed = parse_request(raw, model_cls)
+    body, parsed = parse_request(raw, model_cls, max_messages=gw.cfg.server.max_messages,
+                                 max_tokens=gw.cfg.server.max_tokens)
     await gw.catalog.check(parsed.model)
     request.state.model = parsed.model
 
@@ -68,6 +71,10 @@ async def _handle(request: Request, gw: Gateway, kind: str, tenant: str) -> Resp
         body = {**body, "request_id": tenant_response_id(tenant)}
     plan = _plan(gw, request, kind, body, tenant)
     result = "MISS" if plan is not None and (plan.lookup or plan.store) else "BYPASS"
+    if gw.cfg.server.log_prompts:
+        prompt_log.info("tenant=%s model=%s namespace=%s query=%r", tenant, parsed.model,
+                        plan.namespace if plan is not None else "-",
+                        plan.query if plan is not None else affinity_text(body)[:2000])
     affinity = affinity_text(body)
     wants_usage = bool(parsed.stream and parsed.stream_options and parsed.stream_options.include_usage)
     # usage is part of a stored answer (savings, replays that ask for it): a stream that may be stored

@@ -1,4 +1,4 @@
-"""Request limits applied before any work: the body's size and each tenant's concurrent requests."""
+"""Request limits applied before any work: header and body size, and each tenant's concurrent requests."""
 
 from __future__ import annotations
 
@@ -9,6 +9,29 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 
 from serving.protocol import OpenAIError
+
+ASGIApp = Callable[[dict[str, Any], Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]], Awaitable[None]]
+
+
+class HeaderLimit:
+    """ASGI middleware: a request whose headers together pass ``max_bytes`` gets an OpenAI-shaped 431.
+
+    Every route reads headers (Authorization, Cache-Control, X-Cache-Namespace): bounding them here
+    bounds what auth and the cache policy parse, on every route.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable[[], Awaitable[Any]],
+                       send: Callable[[Any], Awaitable[None]]) -> None:
+        if scope["type"] == "http" and sum(len(k) + len(v) for k, v in scope["headers"]) > self.max_bytes:
+            err = OpenAIError(431, f"request headers are larger than {self.max_bytes} bytes",
+                              code="request_headers_too_large")
+            await Response(err.body(), 431, media_type="application/json")(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
 
 
 async def read_body(request: Request, limit: int) -> bytes:

@@ -2,11 +2,14 @@
 
 Models allow extra fields, because vLLM accepts many (top_k, min_p, repetition_penalty, ...) and the
 gateway passes them through untouched; the fields declared here are the ones the gateway reads or
-must reject early with a 400 that names the field.
+must reject early with a 400 that names the field. Every value, declared or not, is hashed into the
+cache key and forwarded, so :func:`check_values` bounds them all: numbers within 64-bit range and
+nesting at most ``MAX_DEPTH`` deep (the JSON encoder refuses larger integers and deeper nesting).
 """
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any, Literal, TypeVar
 
@@ -16,6 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Strict
 
 # pydantic puts the union member it tried into an error's location ("stop.str"): not a field name
 _TYPE_TAG = re.compile(r"^(str|int|float|bool|none|list|dict|tuple|literal|function-[a-z-]+)(\[.*\])?$")
+MAX_DEPTH = 32  # JSON nesting of a request body; orjson encodes at most 254 levels
+INT64 = 2**63  # numbers in a body lie in (-INT64, INT64): what vLLM and the cache's JSON encoder take
 
 
 class OpenAIError(Exception):
@@ -92,7 +97,7 @@ class ChatCompletionRequest(SamplingFields):
 class CompletionRequest(SamplingFields):
     prompt: str | list[str] | list[int] | list[list[int]]
     echo: bool | None = None
-    best_of: int | None = Field(None, ge=1)
+    best_of: int | None = Field(None, ge=1, le=128)
     suffix: str | None = None
     logprobs: StrictInt | None = Field(None, ge=0, le=20)
 
@@ -166,9 +171,40 @@ class EmbeddingRequest(_Open):
 M = TypeVar("M", bound=BaseModel)
 
 
-def parse_request(raw: bytes, model: type[M]) -> tuple[dict[str, Any], M]:
+def _invalid(path: tuple[str | int, ...], message: str) -> OpenAIError:
+    param = ".".join(str(p) for p in path) or None
+    return OpenAIError(400, f"invalid field {param}: {message}", param=param, code="invalid_value")
+
+
+def check_values(body: dict[str, Any]) -> None:
+    """Refuse, naming the field, a number outside 64-bit range or nesting deeper than ``MAX_DEPTH``.
+
+    orjson decodes an integer beyond 64 bits as a float, so floats are bounded by the same range.
+    """
+    stack: list[tuple[dict[str, Any] | list[Any], tuple[str | int, ...]]] = [(body, ())]
+    while stack:
+        node, path = stack.pop()
+        if len(path) >= MAX_DEPTH:
+            raise _invalid(path, f"nested more than {MAX_DEPTH} levels deep")
+        items = node.items() if isinstance(node, dict) else enumerate(node)
+        for key, value in items:
+            if isinstance(value, (dict, list)):
+                if value:
+                    stack.append((value, (*path, key)))
+            elif isinstance(value, bool) or value is None or isinstance(value, str):
+                continue
+            elif isinstance(value, int):
+                if not -INT64 < value < INT64:
+                    raise _invalid((*path, key), "integer outside the 64-bit range")
+            elif isinstance(value, float) and not (math.isfinite(value) and -INT64 < value < INT64):
+                raise _invalid((*path, key), "number outside the 64-bit range")
+
+
+def parse_request(raw: bytes, model: type[M], *, max_messages: int | None = None,
+                  max_tokens: int | None = None) -> tuple[dict[str, Any], M]:
     """Decode and validate a request body; a 400 that names the offending field otherwise.
 
+    ``max_messages`` bounds a chat's message list, ``max_tokens`` the tokens it may ask for.
     Returns the decoded dict (forwarded as sent, extras included) and the validated model.
     """
     try:
@@ -177,10 +213,17 @@ def parse_request(raw: bytes, model: type[M]) -> tuple[dict[str, Any], M]:
         raise OpenAIError(400, f"request body is not valid JSON: {exc}", code="invalid_json") from None
     if not isinstance(body, dict):
         raise OpenAIError(400, "request body must be a JSON object", code="invalid_json")
+    check_values(body)
     try:
         parsed = model.model_validate(body)
     except ValidationError as exc:
         first = exc.errors()[0]
-        param = ".".join(str(p) for p in first["loc"] if not _TYPE_TAG.match(str(p))) or None
-        raise OpenAIError(400, f"invalid field {param}: {first['msg']}", param=param, code="invalid_value") from None
+        raise _invalid(tuple(p for p in first["loc"] if not _TYPE_TAG.match(str(p))), first["msg"]) from None
+    if max_messages is not None and isinstance(parsed, ChatCompletionRequest) and len(parsed.messages) > max_messages:
+        raise _invalid(("messages",), f"more than {max_messages} messages")
+    if max_tokens is not None:
+        for name in ("max_tokens", "max_completion_tokens", "max_output_tokens"):
+            value = getattr(parsed, name, None)
+            if value is not None and value > max_tokens:
+                raise _invalid((name,), f"at most {max_tokens} tokens may be asked for")
     return body, parsed

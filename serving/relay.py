@@ -8,6 +8,7 @@ become the gateway's own 502/503 (:func:`upstream_error`); its 4xx are passed on
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
@@ -27,6 +28,8 @@ from serving.upstream import UpstreamResponse
 
 if TYPE_CHECKING:
     from serving.app import Gateway
+
+log = logging.getLogger("cachestack")
 
 
 class Lease:
@@ -90,16 +93,17 @@ class RequestTimer:
 
 
 def upstream_error(status: int, payload: bytes) -> tuple[int, bytes, str]:
-    """vLLM 5xx -> 502 (503 stays 503), keeping vLLM's message when it is OpenAI-shaped."""
+    """vLLM 5xx -> the gateway's own 502 (503 stays 503: overloaded, worth a retry).
+
+    vLLM's body is never passed on: a 5xx body can hold a stack trace or internals. Its first bytes go
+    to the log at debug level only, since an engine's message may quote the prompt.
+    """
     metrics.UPSTREAM_ERRORS.labels(f"http_{status}").inc()
+    log.warning("upstream answered HTTP %d", status)
+    log.debug("upstream HTTP %d body: %r", status, payload[:500])
     out = 503 if status == 503 else 502
-    try:
-        doc = orjson.loads(payload)
-        if isinstance(doc, dict) and isinstance(doc.get("error"), dict):
-            return out, payload, "application/json"
-    except orjson.JSONDecodeError:
-        pass
-    return out, OpenAIError(out, f"upstream answered HTTP {status}", "upstream_error").body(), "application/json"
+    return out, OpenAIError(out, f"upstream answered HTTP {status}", "upstream_error",
+                            code="upstream_error").body(), "application/json"
 
 
 async def call(gw: Gateway, path: str, affinity: str, data: bytes) -> tuple[int, bytes, str]:

@@ -158,3 +158,114 @@ def test_embedding_input_forms() -> None:
     for bad in ([], "", ["a", ""], ["a", 1], [True], [[1], []], None):
         e = err(orjson.dumps({"model": "m", "input": bad}), EmbeddingRequest)
         assert e.param == "input"
+
+
+# -- bounds on every value: the cache hashes the whole body and vLLM parses it -------------------------
+
+BIG = b"18446744073709551616"  # 2**64: orjson decodes it as a float, the fingerprint would re-encode an int
+
+
+@pytest.mark.parametrize(("raw", "param"), [
+    (b'{"model": "m", "messages": [{"role": "user", "content": "hi"}], "top_k": ' + BIG + b"}", "top_k"),
+    (b'{"model": "m", "messages": [{"role": "user", "content": "hi"}], "seed": -' + BIG + b"}", "seed"),
+    (b'{"model": "m", "messages": [{"role": "user", "content": "hi"}], "seed": 9223372036854775808}', "seed"),
+    (b'{"model": "m", "messages": [{"role": "user", "content": "hi"}], "logit_bias": {"5": 1e300}}',
+     "logit_bias.5"),
+    (b'{"model": "m", "messages": [{"role": "user", "content": "hi", "x": [1, ' + BIG + b"]}]}",
+     "messages.0.x.1"),
+])
+def test_numbers_beyond_64_bits_are_400_naming_the_field(raw: bytes, param: str) -> None:
+    e = err(raw)
+    assert e.param == param and "64-bit" in e.message
+
+
+def test_best_of_beyond_64_bits_is_400() -> None:
+    e = err(b'{"model": "m", "prompt": "hi", "best_of": ' + BIG + b"}", CompletionRequest)
+    assert e.param == "best_of"
+    assert err(completion(best_of=129), CompletionRequest).param == "best_of"
+
+
+@pytest.mark.parametrize("literal", [b"NaN", b"Infinity", b"-Infinity", b"1e400"])
+def test_non_finite_numbers_are_400(literal: bytes) -> None:
+    err(b'{"model": "m", "messages": [{"role": "user", "content": "hi"}], "min_p": ' + literal + b"}")
+
+
+def test_deep_nesting_is_400_naming_the_field() -> None:
+    deep: Any = 1
+    for _ in range(40):
+        deep = {"a": deep}
+    e = err(chat(chat_template_kwargs=deep))
+    assert e.param is not None and e.param.startswith("chat_template_kwargs.a.a") and "nested" in e.message
+    parse_request(chat(chat_template_kwargs={"a": {"b": [[1, 2.5, 9223372036854775807]]}}), ChatCompletionRequest)
+
+
+def test_message_count_and_max_tokens_limits() -> None:
+    many = orjson.dumps({"model": "m", "messages": MSG * 11})
+    with pytest.raises(OpenAIError) as info:
+        parse_request(many, ChatCompletionRequest, max_messages=10)
+    assert info.value.status == 400 and info.value.param == "messages"
+    parse_request(many, ChatCompletionRequest, max_messages=11)
+    for name in ("max_tokens", "max_completion_tokens"):
+        with pytest.raises(OpenAIError) as info:
+            parse_request(chat(**{name: 101}), ChatCompletionRequest, max_tokens=100)
+        assert info.value.param == name
+    with pytest.raises(OpenAIError) as info:
+        parse_request(completion(max_tokens=101), CompletionRequest, max_tokens=100)
+    assert info.value.param == "max_tokens"
+    parse_request(chat(max_tokens=100), ChatCompletionRequest, max_tokens=100)
+
+
+# -- property: whatever JSON arrives, a 400 or a body the cache can key --------------------------------
+
+import json  # noqa: E402
+import os  # noqa: E402
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from cache.config import CacheConfig  # noqa: E402
+from cache.policy import PolicyError, make_plan  # noqa: E402
+
+_scalars = (st.none() | st.booleans() | st.integers(min_value=-(2**70), max_value=2**70)
+            | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20))
+_json = st.recursive(_scalars, lambda inner: st.lists(inner, max_size=4)
+                     | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=30)
+_FIELDS = ["model", "messages", "prompt", "stream", "stream_options", "temperature", "top_p", "n", "max_tokens",
+           "max_completion_tokens", "stop", "seed", "logprobs", "top_logprobs", "best_of", "top_k", "tools",
+           "tool_choice", "response_format", "logit_bias", "echo", "suffix", "user", "min_p"]
+_BASES = {"chat": {"model": "m", "temperature": 0, "messages": [{"role": "user", "content": "hi"}]},
+          "completion": {"model": "m", "temperature": 0, "prompt": "hi"}}
+_MODELS = {"chat": ChatCompletionRequest, "completion": CompletionRequest}
+
+
+@st.composite
+def _bodies(draw: st.DrawFn) -> tuple[str, bytes]:
+    kind = draw(st.sampled_from(["chat", "completion"]))
+    body = dict(_BASES[kind])
+    for field in draw(st.lists(st.sampled_from(_FIELDS), max_size=3)):
+        body[field] = draw(_json)
+    if draw(st.booleans()):  # a message with odd parts, roles and extras
+        body["messages"] = draw(st.lists(st.dictionaries(st.sampled_from(["role", "content", "name", "x"]), _json,
+                                                         max_size=4), max_size=3))
+    # json writes integers of any size (orjson refuses beyond 64 bits): what a hostile client can send
+    raw = json.dumps(body).encode()
+    if draw(st.booleans()):  # truncated
+        raw = raw[: draw(st.integers(min_value=0, max_value=len(raw)))]
+    return kind, raw
+
+
+@settings(max_examples=int(os.environ.get("CACHESTACK_PROTOCOL_EXAMPLES", "300")), deadline=None,
+          suppress_health_check=[HealthCheck.too_slow], database=None)
+@given(_bodies())
+def test_any_body_is_a_400_or_can_be_keyed(case: tuple[str, bytes]) -> None:
+    kind, raw = case
+    try:
+        body, _ = parse_request(raw, _MODELS[kind], max_messages=8, max_tokens=4096)
+    except OpenAIError as exc:
+        assert exc.status == 400 and set(orjson.loads(exc.body())["error"]) == {"message", "type", "param", "code"}
+        return
+    try:
+        make_plan(CacheConfig(), kind, body, "default", "no-store", None)  # fingerprint + keys of every value
+    except PolicyError:
+        pass
+    orjson.dumps(body)  # what is forwarded can be encoded again
