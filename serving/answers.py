@@ -11,13 +11,18 @@ from serving import metrics
 from serving.responses_events import storable_response
 
 
+# "length" is the complete answer for that max_tokens, which is part of the key, so it replays
+# exactly; "content_filter", "tool_calls", "abort" and the rest are never stored.
+STORABLE_FINISH = frozenset({"stop", "length"})
+
+
 def storable(answer: dict[str, Any]) -> bool:
-    """Whether an answer may be stored: every choice finished with "stop" (a Responses answer:
-    serving/responses_events.py decides)."""
+    """Whether an answer may be stored: every choice finished with "stop" or "length" (a Responses
+    answer: serving/responses_events.py decides)."""
     if storable_response(answer):
         return True
     choices = answer.get("choices") or []
-    return bool(choices) and all(c.get("finish_reason") == "stop" for c in choices)
+    return bool(choices) and all(c.get("finish_reason") in STORABLE_FINISH for c in choices)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,9 +1,11 @@
 """Server-sent events: assembling a relayed stream into a storable answer, and replaying one.
 
 A stored answer always has the non-streaming shape (``chat.completion`` or ``text_completion``), so
-one cache entry serves both ``stream: true`` and ``stream: false`` clients. A stream is only
-assembled into an answer when every choice finished with ``stop``; anything else (an error event,
-a ``length`` truncation, a stream that broke off) yields nothing to store.
+one cache entry serves both ``stream: true`` and ``stream: false`` clients. A stream is assembled into
+an answer only when it ended with ``[DONE]`` and every choice has a finish reason; an error event, a
+stream that broke off, tool calls or token logprobs yield nothing. Whether an assembled answer may be
+stored (its finish reasons) is decided in serving/answers.py. A chat delta's ``reasoning_content``
+(reasoning models) is assembled next to ``content`` and replayed before it.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ class StreamAssembler:
         self.hide_usage = hide_usage  # usage was asked for the cache's sake, not the client's
         self._buf = b""
         self._text: dict[int, list[str]] = {}
+        self._reasoning: dict[int, list[str]] = {}
         self._finish: dict[int, str | None] = {}
         self._role: dict[int, str] = {}
         self._head: dict[str, Any] = {}
@@ -93,9 +96,13 @@ class StreamAssembler:
                     self._role[i] = delta["role"]
                 if delta.get("tool_calls") or delta.get("function_call"):
                     self.broken = True  # tool calls are not assembled; such answers are not stored
+                if delta.get("reasoning_content"):
+                    self._reasoning.setdefault(i, []).append(delta["reasoning_content"])
                 piece = delta.get("content")
             else:
                 piece = choice.get("text")
+            if choice.get("logprobs"):
+                self.broken = True  # token logprobs are not assembled: such answers are not stored
             if piece:
                 self._text.setdefault(i, []).append(piece)
             if choice.get("finish_reason") is not None:
@@ -103,21 +110,22 @@ class StreamAssembler:
         return True
 
     def complete_answer(self) -> dict[str, Any] | None:
-        """The answer in non-streaming shape, or None unless every choice ended with "stop"."""
+        """The answer in non-streaming shape, or None unless the stream ended and every choice finished."""
         if self.broken or not self.done or not self._finish:
             return None
-        if any(reason != "stop" for reason in self._finish.values()):
-            return None
-        if set(self._text) - set(self._finish) or set(self._role) - set(self._finish):
+        if (set(self._text) | set(self._role) | set(self._reasoning)) - set(self._finish):
             return None  # a choice that never finished
         choices = []
         for i in sorted(self._finish):
             text = "".join(self._text.get(i, []))
+            reason = self._finish[i]
             if self.kind == "chat":
-                msg = {"role": self._role.get(i, "assistant"), "content": text}
-                choices.append({"index": i, "message": msg, "finish_reason": "stop", "logprobs": None})
+                msg: dict[str, Any] = {"role": self._role.get(i, "assistant"), "content": text}
+                if i in self._reasoning:
+                    msg["reasoning_content"] = "".join(self._reasoning[i])
+                choices.append({"index": i, "message": msg, "finish_reason": reason, "logprobs": None})
             else:
-                choices.append({"index": i, "text": text, "finish_reason": "stop", "logprobs": None})
+                choices.append({"index": i, "text": text, "finish_reason": reason, "logprobs": None})
         return {
             "id": self._head.get("id"),
             "object": "chat.completion" if self.kind == "chat" else "text_completion",
@@ -132,7 +140,8 @@ def _event(obj: dict[str, Any]) -> bytes:
 
 
 def replay(answer: dict[str, Any], kind: str, *, id: str, created: int, include_usage: bool) -> Iterator[bytes]:
-    """A stored answer as OpenAI stream chunks: role, content word by word, finish, usage, [DONE]."""
+    """A stored answer as OpenAI stream chunks: role, reasoning and content word by word, finish, usage,
+    [DONE]. A choice stored with logprobs is replayed as one content chunk that carries them all."""
     obj_type = "chat.completion.chunk" if kind == "chat" else "text_completion"
     base = {"id": id, "object": obj_type, "created": created, "model": answer.get("model")}
 
@@ -145,12 +154,23 @@ def replay(answer: dict[str, Any], kind: str, *, id: str, created: int, include_
             message = choice.get("message") or {}
             yield chunk([{"index": i, "delta": {"role": message.get("role", "assistant"), "content": ""},
                           "logprobs": None, "finish_reason": None}])
-            for piece in _WORDS.findall(message.get("content") or ""):
-                yield chunk([{"index": i, "delta": {"content": piece}, "logprobs": None, "finish_reason": None}])
+            for piece in _WORDS.findall(message.get("reasoning_content") or ""):
+                yield chunk([{"index": i, "delta": {"reasoning_content": piece}, "logprobs": None,
+                              "finish_reason": None}])
+            if choice.get("logprobs"):
+                yield chunk([{"index": i, "delta": {"content": message.get("content") or ""},
+                              "logprobs": choice["logprobs"], "finish_reason": None}])
+            else:
+                for piece in _WORDS.findall(message.get("content") or ""):
+                    yield chunk([{"index": i, "delta": {"content": piece}, "logprobs": None, "finish_reason": None}])
             yield chunk([{"index": i, "delta": {}, "logprobs": None, "finish_reason": choice.get("finish_reason")}])
         else:
-            for piece in _WORDS.findall(choice.get("text") or ""):
-                yield chunk([{"index": i, "text": piece, "logprobs": None, "finish_reason": None}])
+            if choice.get("logprobs"):
+                yield chunk([{"index": i, "text": choice.get("text") or "", "logprobs": choice["logprobs"],
+                              "finish_reason": None}])
+            else:
+                for piece in _WORDS.findall(choice.get("text") or ""):
+                    yield chunk([{"index": i, "text": piece, "logprobs": None, "finish_reason": None}])
             yield chunk([{"index": i, "text": "", "logprobs": None, "finish_reason": choice.get("finish_reason")}])
     if include_usage and answer.get("usage"):
         yield chunk([], usage=answer["usage"])

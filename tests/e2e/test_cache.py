@@ -162,9 +162,49 @@ def test_streaming_miss_is_stored_and_streaming_hit_reads_like_a_live_stream(gw)
     assert plain.headers["x-cache"] == "HIT" and plain.parse().choices[0].message.content == text(live)
 
 
-def test_truncated_answer_is_not_stored(gw):
-    ask(gw, "Write a poem about the sea.", max_tokens=3)  # finish_reason "length"
-    assert ask(gw, "Write a poem about the sea.", max_tokens=3).headers["x-cache"] == "MISS"
+def test_length_answer_is_stored_and_replayed_for_its_max_tokens(gw):
+    """finish_reason "length" is the whole answer for that max_tokens (part of the key): stored, replayed."""
+    c = oai(gw)
+    q = [{"role": "user", "content": "Write a long poem about the sea."}]
+    first = c.chat.completions.with_raw_response.create(model=MODEL, messages=q, max_tokens=24, temperature=0)
+    gw.drain()
+    second = c.chat.completions.with_raw_response.create(model=MODEL, messages=q, max_tokens=24, temperature=0)
+    a, b = first.parse(), second.parse()
+    assert a.choices[0].finish_reason == "length"
+    assert first.headers["x-cache"] == "MISS" and second.headers["x-cache"] == "HIT"
+    assert b.choices[0].finish_reason == "length" and b.choices[0].message.content == a.choices[0].message.content
+    # another max_tokens is another answer: not served from this entry
+    other = c.chat.completions.with_raw_response.create(model=MODEL, messages=q, max_tokens=25, temperature=0)
+    assert other.headers["x-cache"] == "MISS"
+    # a streamed request replays the stored "length" answer as a stream
+    chunks = list(c.chat.completions.create(model=MODEL, messages=q, max_tokens=24, temperature=0, stream=True))
+    assert "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices) == a.choices[0].message.content
+    assert [ch.choices[0].finish_reason for ch in chunks if ch.choices and ch.choices[0].finish_reason] == ["length"]
+
+
+def test_logprobs_request_is_never_answered_from_an_entry_without_logprobs(gw):
+    c = oai(gw)
+    q = [{"role": "user", "content": "Name a colour."}]
+    plain = c.chat.completions.with_raw_response.create(model=MODEL, messages=q, max_tokens=8, temperature=0)
+    gw.drain()
+    assert c.chat.completions.with_raw_response.create(model=MODEL, messages=q, max_tokens=8,
+                                                       temperature=0).headers["x-cache"] == "HIT"
+    assert plain.parse().choices[0].logprobs is None
+    for extra in ({"logprobs": True}, {"logprobs": True, "top_logprobs": 2}):
+        r = c.chat.completions.with_raw_response.create(model=MODEL, messages=q, max_tokens=8, temperature=0, **extra)
+        assert r.headers["x-cache"] == "MISS"
+        lp = r.parse().choices[0].logprobs
+        assert lp is not None and lp.content
+        gw.drain()
+        again = c.chat.completions.with_raw_response.create(model=MODEL, messages=q, max_tokens=8, temperature=0,
+                                                            **extra)
+        assert again.headers["x-cache"] == "HIT"  # its own entry, stored with its logprobs
+        assert again.parse().choices[0].logprobs.model_dump() == lp.model_dump()
+    prompt = "The colour of the sky is"
+    c.completions.create(model=MODEL, prompt=prompt, max_tokens=6, temperature=0)
+    gw.drain()
+    r = c.completions.with_raw_response.create(model=MODEL, prompt=prompt, max_tokens=6, temperature=0, logprobs=2)
+    assert r.headers["x-cache"] == "MISS" and r.parse().choices[0].logprobs.tokens
 
 
 def test_cache_control(gw):

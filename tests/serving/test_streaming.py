@@ -8,6 +8,7 @@ from typing import Any
 import orjson
 import pytest
 
+from serving.answers import storable
 from serving.streaming import DONE, StreamAssembler, replay
 
 CONTENT = "Paris is the capital of France.\n\nIt has  ~2.1M people — “café” ✓ {\"json\": true}"
@@ -118,10 +119,68 @@ def test_unfinished_choice_is_not_stored() -> None:
     assert assemble("chat", chunks) is None
 
 
-@pytest.mark.parametrize("finish", ["length", "tool_calls", "content_filter", "abort"])
-def test_not_stop_yields_nothing(finish: str) -> None:
-    assert assemble("chat", chat_stream(finish=finish)) is None
-    assert assemble("completion", completion_stream(finish=finish)) is None
+@pytest.mark.parametrize(("finish", "stored"), [("stop", True), ("length", True), ("tool_calls", False),
+                                               ("content_filter", False), ("abort", False)])
+def test_finish_reason_is_kept_and_decides_the_store(finish: str, stored: bool) -> None:
+    """A "length" answer is the whole answer for its max_tokens (part of the key); filtered ones are not."""
+    for kind, chunks in (("chat", chat_stream(finish=finish)), ("completion", completion_stream(finish=finish))):
+        ans = assemble(kind, chunks)
+        assert ans is not None and ans["choices"][0]["finish_reason"] == finish
+        assert text_of(ans, kind) == CONTENT
+        assert storable(ans) is stored
+
+
+def test_reasoning_content_is_assembled_and_replayed_before_the_content() -> None:
+    thought = "The user asks for a capital.  France -> Paris."
+    chunks = [chat_chunk({"role": "assistant", "content": ""})]
+    chunks += [chat_chunk({"reasoning_content": thought[i:i + 6]}) for i in range(0, len(thought), 6)]
+    chunks += [chat_chunk({"content": CONTENT[:10]}), chat_chunk({"content": CONTENT[10:]}),
+               chat_chunk({}, "stop"), DONE]
+    ans = assemble("chat", chunks)
+    assert ans is not None
+    assert ans["choices"][0]["message"] == {"role": "assistant", "content": CONTENT, "reasoning_content": thought}
+    out = events(list(replay(ans, "chat", id="x", created=1, include_usage=False)))
+    deltas = [o["choices"][0]["delta"] for o in out[:-1]]
+    reasoning = "".join(d.get("reasoning_content", "") for d in deltas)
+    content = "".join(d.get("content") or "" for d in deltas)
+    assert reasoning == thought and content == CONTENT
+    first_content = next(i for i, d in enumerate(deltas) if d.get("content"))
+    assert all("reasoning_content" not in d for d in deltas[first_content:])
+    # replayed and assembled again: the same answer (what a streaming hit gives a streaming client)
+    again = assemble("chat", list(replay(ans, "chat", id="x", created=1, include_usage=False)))
+    assert again is not None and again["choices"][0]["message"] == ans["choices"][0]["message"]
+
+
+def test_answer_without_reasoning_has_no_reasoning_field() -> None:
+    ans = assemble("chat", chat_stream())
+    assert ans is not None and "reasoning_content" not in ans["choices"][0]["message"]
+
+
+def test_stream_with_logprobs_is_not_assembled() -> None:
+    """Token logprobs are not rebuilt from chunks: storing such a stream would lose them."""
+    lp = {"content": [{"token": "Paris", "logprob": -0.1, "bytes": None, "top_logprobs": []}]}
+    chunks = [chat_chunk({"role": "assistant", "content": ""}),
+              ev({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m",
+                  "choices": [{"index": 0, "delta": {"content": "Paris"}, "logprobs": lp, "finish_reason": None}]}),
+              chat_chunk({}, "stop"), DONE]
+    assert assemble("chat", chunks) is None
+
+
+def test_replay_of_an_answer_with_logprobs_carries_them() -> None:
+    lp = {"content": [{"token": "Par", "logprob": -0.1, "bytes": None, "top_logprobs": []},
+                      {"token": "is", "logprob": -0.2, "bytes": None, "top_logprobs": []}]}
+    ans = stored_chat("Paris")
+    ans["choices"][0]["logprobs"] = lp
+    out = events(list(replay(ans, "chat", id="x", created=1, include_usage=False)))
+    carried = [o["choices"][0]["logprobs"] for o in out[:-1] if o["choices"][0]["logprobs"]]
+    assert carried == [lp]
+    comp = stored_completion("Paris")
+    comp["choices"][0]["logprobs"] = {"tokens": ["Par", "is"], "token_logprobs": [-0.1, -0.2],
+                                      "top_logprobs": None, "text_offset": [0, 3]}
+    out = events(list(replay(comp, "completion", id="x", created=1, include_usage=False)))
+    assert [o["choices"][0]["logprobs"] for o in out[:-1] if o["choices"][0]["logprobs"]] == [
+        comp["choices"][0]["logprobs"]]
+    assert "".join(o["choices"][0]["text"] for o in out[:-1]) == "Paris"
 
 
 def test_missing_done_yields_nothing() -> None:
