@@ -1,7 +1,7 @@
 """The cache headers of a generation response."""
 
 from cache.service import CacheHit
-from serving.generation import cache_headers
+from serving.hits import cache_headers
 
 
 def test_hit_headers_name_layer_and_store():
