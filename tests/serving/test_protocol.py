@@ -224,7 +224,7 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from cache.config import CacheConfig  # noqa: E402
-from cache.policy import PolicyError, make_plan  # noqa: E402
+from cache.policy import CacheControl, Caller, PolicyError, make_plan  # noqa: E402
 
 _scalars = (st.none() | st.booleans() | st.integers(min_value=-(2**70), max_value=2**70)
             | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20))
@@ -265,7 +265,7 @@ def test_any_body_is_a_400_or_can_be_keyed(case: tuple[str, bytes]) -> None:
         assert exc.status == 400 and set(orjson.loads(exc.body())["error"]) == {"message", "type", "param", "code"}
         return
     try:
-        make_plan(CacheConfig(), kind, body, "default", "no-store", None)  # fingerprint + keys of every value
+        make_plan(CacheConfig(), kind, body, Caller(None), CacheControl(no_store=True), None)  # keys every value
     except PolicyError:
         pass
     orjson.dumps(body)  # what is forwarded can be encoded again
