@@ -47,10 +47,10 @@ def test_a_rejected_near_candidate_hits_on_its_second_ask_after_a_yes(gateway_fa
 
     gw.gw.cache.judge = judge
     first = ask(gw, CACHED)
-    assert first.headers["x-cache"] == "MISS" and first.json()["choices"][0]["finish_reason"] == "stop"
+    assert first.headers["x-cache"] == "MISS" and first.json()["choices"][0]["finish_reason"] in ("stop", "length")
     second = ask(gw, ASKED)
     assert second.headers["x-cache"] == "MISS"  # below the threshold: answered upstream, as without a judge
-    assert second.json()["choices"][0]["finish_reason"] == "stop"
+    assert second.json()["choices"][0]["finish_reason"] in ("stop", "length")  # both are stored
     assert content(second) != content(first)  # so the answer served next says which entry it came from
     assert calls == [(MODEL, "how do i learn python quickly", "what is the fastest way to learn python")]
     third = ask(gw, ASKED)

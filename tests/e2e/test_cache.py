@@ -480,7 +480,7 @@ def test_llm_judge_asks_the_served_model_about_borderline_pairs(gateway_factory,
         found = dict(re.findall(r'^cachestack_cache_judge_total\{verdict="(\w+)"\} ([0-9.]+)$', text, re.M))
         return {v: float(found.get(v, 0)) for v in ("yes", "no", "unsure", "error")}
 
-    gw = gateway_factory(vllm_url, redis_url, cache={"decision": {"threshold": 0.5, "judge": {
+    gw = gateway_factory(vllm_url, redis_url, cache={"lookup_deadline_ms": 60000, "decision": {"threshold": 0.5, "judge": {
         "enabled": True, "min_score": 0.0, "timeout_ms": 30000}}})  # a shared CPU runs vLLM here
     body = {"model": MODEL, "temperature": 0, "max_tokens": 24, "messages": [{"role": "user", "content": FRANCE}]}
     assert httpx.post(gw.url + "/v1/chat/completions", json=body, timeout=60).status_code == 200

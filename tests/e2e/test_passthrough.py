@@ -116,7 +116,8 @@ def test_body_over_limit_is_413(gateway_factory, vllm_url):
 
 
 def test_upstream_4xx_passes_through_unchanged(plain, vllm_url):
-    body = {"model": MODEL, "messages": Q, "max_tokens": 100_000}
+    # within the gateway's own max_tokens bound (32768) but past vLLM's max_model_len (4096): vLLM's 400
+    body = {"model": MODEL, "messages": Q, "max_tokens": 10_000}
     direct = httpx.post(vllm_url + "/v1/chat/completions", json=body)
     via = httpx.post(plain.url + "/v1/chat/completions", json=body)
     assert direct.status_code == 400
