@@ -17,7 +17,11 @@ Policies (``routing.policy``):
 Load is vLLM's own ``num_requests_running + num_requests_waiting`` when a fresh scrape exists
 (plus what this gateway sent or finished since that scrape), else this gateway's in-flight count.
 Health: ``eject_after_failures`` consecutive failures eject a replica for ``eject_for_s``; after that
-it is tried again, and one more failure ejects it again at once.
+it is tried again, and one more failure ejects it again at once. Ejection steers requests to the
+healthy replicas; it never refuses a request some replica could still try. With every replica
+ejected (a single replica that stalled, or all of them), requests go to the least bad one, the one
+whose ejection ends first: turning a stall that already passed into ``eject_for_s`` of 503s helps
+no one, and a replica that is really down still fails fast on its own (connect refused).
 
 Sticky conversations: a bounded LRU (``routing.session_affinity_entries``, default
 :data:`DEFAULT_SESSION_ENTRIES`) maps a hash of the whole affinity text (one conversation) to the
@@ -57,7 +61,7 @@ DEFAULT_SESSION_ENTRIES = 65_536
 
 
 class NoReplica(RuntimeError):
-    """Every replica is ejected or none is configured."""
+    """No replica is configured, or a retry has tried them all."""
 
 
 @dataclass(eq=False)
@@ -72,6 +76,7 @@ class Replica:
     chosen: int = 0  # requests routed here (for the load split)
     spilled: int = 0  # of those, requests that bounded load moved here from their ring owner
     ejections: int = 0
+    while_ejected: int = 0  # of those, requests sent here while ejected: no healthy replica was left
 
     def available(self, now: float) -> bool:
         """Not ejected at ``now``."""
@@ -268,16 +273,22 @@ class Router:
     def choose(self, affinity: str, exclude: Collection[Replica] = ()) -> Replica:
         """Pick a replica for a request whose stable prompt head is ``affinity``; count it in flight.
 
-        ``exclude``: replicas this request already failed on (a retry goes elsewhere).
+        ``exclude``: replicas this request already failed on (a retry goes elsewhere). With every
+        other replica ejected, the one whose ejection ends first (see the module docstring).
         """
         if not self._replicas:
             raise NoReplica("no upstream replica configured or discovered")
+        candidates = [r for r in self._replicas if r not in exclude]
+        if not candidates:
+            raise NoReplica("no other upstream replica is available")
         now = self._clock()
-        healthy = [r for r in self._replicas if r.available(now) and r not in exclude]
+        healthy = [r for r in candidates if r.available(now)]
         if not healthy:
-            if exclude:
-                raise NoReplica("no other upstream replica is available")
-            raise NoReplica(f"all {len(self._replicas)} upstream replicas are ejected after failures")
+            replica = min(candidates, key=lambda r: (r.ejected_until, self.load(r)))
+            replica.while_ejected += 1
+            replica.in_flight += 1
+            replica.chosen += 1
+            return replica
         policy = self.routing.policy
         if policy == "round_robin":
             replica = healthy[self._rr % len(healthy)]
@@ -388,6 +399,10 @@ class RouterCollector(Collector):
             labels=["replica"],
         )
         ejections = CounterMetricFamily("cachestack_route_ejections", "Replica ejections after failures", labels=["replica"])
+        while_ejected = CounterMetricFamily(
+            "cachestack_route_while_ejected", "Requests sent to an ejected replica because none was healthy",
+            labels=["replica"],
+        )
         healthy = GaugeMetricFamily("cachestack_route_replica_healthy", "1 if the replica is not ejected", labels=["replica"])
         in_flight = GaugeMetricFamily("cachestack_route_in_flight", "Requests in flight per replica", labels=["replica"])
         now = self._router._clock()
@@ -395,6 +410,7 @@ class RouterCollector(Collector):
             routed.add_metric([r.url], r.chosen)
             spilled.add_metric([r.url], r.spilled)
             ejections.add_metric([r.url], r.ejections)
+            while_ejected.add_metric([r.url], r.while_ejected)
             healthy.add_metric([r.url], 1.0 if r.available(now) else 0.0)
             in_flight.add_metric([r.url], r.in_flight)
-        yield from (routed, spilled, ejections, healthy, in_flight)
+        yield from (routed, spilled, ejections, while_ejected, healthy, in_flight)

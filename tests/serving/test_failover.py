@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 from aiohttp import web
@@ -27,7 +28,7 @@ def closed_port() -> str:
 
 
 @pytest.fixture
-async def answering() -> AsyncIterator[tuple[str, list[str]]]:
+async def answering(serve_app: Callable[[web.Application], Awaitable[str]]) -> tuple[str, list[str]]:
     seen: list[str] = []
 
     async def handler(request: web.Request) -> web.Response:
@@ -38,13 +39,7 @@ async def answering() -> AsyncIterator[tuple[str, list[str]]]:
 
     app = web.Application()
     app.router.add_post("/{tail:.*}", handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    yield f"http://127.0.0.1:{port}", seen
-    await runner.cleanup()
+    return await serve_app(app), seen
 
 
 @pytest.fixture
@@ -58,9 +53,11 @@ async def dropping() -> AsyncIterator[str]:
     server.close()
 
 
-async def client_and_router(urls: list[str], read_s: float = 5.0) -> tuple[UpstreamClient, Router]:
+async def client_and_router(urls: list[str], read_s: float = 5.0, eject_after_failures: int = 5,
+                            eject_for_s: float = 10.0) -> tuple[UpstreamClient, Router]:
     cfg = UpstreamConfig(urls=urls, timeouts=TimeoutConfig(connect_s=1.0, read_s=read_s),
-                         routing=RoutingConfig(policy="round_robin", eject_after_failures=5))
+                         routing=RoutingConfig(policy="round_robin", eject_after_failures=eject_after_failures,
+                                               eject_for_s=eject_for_s))
     client = UpstreamClient(cfg)
     await client.start()
     return client, Router(cfg)
@@ -116,5 +113,36 @@ async def test_no_replica_left_is_503():
         with pytest.raises(OpenAIError) as err:
             await failover.send(router, client, "", "/v1/chat/completions", b"{}")
         assert err.value.status == 503 and err.value.code == "no_upstream_available"
+    finally:
+        await client.aclose()
+
+
+async def test_a_single_replica_that_stalled_is_used_again_as_soon_as_it_answers(serve_app):
+    """One replica stalls long enough to be ejected, then recovers. The gateway keeps sending to it
+    (there is no better one) instead of answering 503 for eject_for_s. A stall on cue is a fault
+    vLLM cannot produce, hence the stand-in."""
+    stalling = {"on": True}
+
+    async def handler(_: web.Request) -> web.Response:
+        if stalling["on"]:
+            await asyncio.sleep(30)
+        return web.json_response({"ok": True})
+
+    app = web.Application()
+    app.router.add_post("/{tail:.*}", handler)
+    client, router = await client_and_router([await serve_app(app)], read_s=0.2, eject_after_failures=2,
+                                             eject_for_s=60.0)
+    (only,) = router.replicas()
+    try:
+        for _ in range(2):
+            with pytest.raises(OpenAIError) as err:
+                await failover.send(router, client, "", "/v1/chat/completions", b"{}")
+            assert err.value.status == 504
+        assert only.ejections == 1 and not only.available(time.monotonic())
+        stalling["on"] = False
+        replica, resp = await failover.send(router, client, "", "/v1/chat/completions", b"{}")
+        assert replica is only and resp.status == 200 and await resp.read() == b'{"ok": true}'
+        router.release(replica, True)
+        assert only.while_ejected == 1 and only.in_flight == 0
     finally:
         await client.aclose()

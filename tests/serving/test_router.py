@@ -233,16 +233,26 @@ def test_ejection_after_consecutive_failures_and_recovery() -> None:
     assert owner.available(clock.now)  # one failure is no longer enough
 
 
-def test_all_ejected_or_none_raises_no_replica() -> None:
+def test_with_every_replica_ejected_the_one_back_first_is_chosen() -> None:
     clock = FakeClock()
-    router = make_router(urls=URLS4[:2], clock=clock, eject_after_failures=1)
-    for r in router.replicas():
+    router = make_router(urls=URLS4[:2], clock=clock, eject_after_failures=1, eject_for_s=10.0)
+    first, second = router.replicas()
+    for r in (first, second):
         r.in_flight += 1
         router.release(r, ok=False)
+        clock.now += 1  # `first` was ejected a second before `second`: it comes back first
+    assert not first.available(clock.now) and not second.available(clock.now)
+    chosen = [router.choose(f"conversation {i}") for i in range(6)]
+    assert all(r is first for r in chosen) and first.while_ejected == 6 and second.while_ejected == 0
+    assert router.choose("x", exclude=[first]) is second  # a retry still goes elsewhere
     with pytest.raises(NoReplica):
-        router.choose("anything")
+        router.choose("x", exclude=[first, second])
     clock.now += 11
     assert router.choose("anything") in router.replicas()
+    assert first.while_ejected == 6  # healthy again: the normal policy chose
+
+
+def test_no_replica_at_all_raises_no_replica() -> None:
     empty = make_router(urls=URLS4[:1])
     empty.set_urls([])
     with pytest.raises(NoReplica):
