@@ -18,7 +18,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from cache.decision import DecisionRule, ThresholdRule
+from cache.decision import build_rule
 from cache.embedder import Embedder, MicroBatcher, embedder_from_config
 from cache.service import CacheService
 from cache.store import CacheStore
@@ -57,21 +57,12 @@ class Gateway:
     slots: TenantSlots  # server.max_in_flight_per_tenant
 
 
-def build_rule(settings: Settings) -> DecisionRule:
-    """The decision rule the config names (cache/decision.py holds the rules)."""
-    from cache import decision
-
-    factory = getattr(decision, "build_rule", None)
-    if factory is None:
-        return ThresholdRule()
-    return factory(settings.cache.decision, embedder=settings.embedder.model)
-
-
 async def build_cache(settings: Settings, batcher: MicroBatcher | None) -> CacheService | None:
     if not settings.cache.enabled or batcher is None:
         return None
     store = CacheStore(settings.redis, batcher.embedder.dim, embedder_id=batcher.embedder.identity)
-    service = CacheService(settings.cache, store, batcher, build_rule(settings),
+    service = CacheService(settings.cache, store, batcher,
+                           build_rule(settings.cache.decision, embedder=settings.embedder.model),
                            budget_ms=settings.redis.lookup_budget_ms, retry_after_s=settings.redis.retry_after_s,
                            trip_after_timeouts=settings.redis.trip_after_timeouts)
     if not await service.connect():

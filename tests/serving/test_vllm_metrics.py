@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import Awaitable, Callable
 
 import httpx
 import pytest
@@ -120,7 +120,7 @@ def test_collector_exports_per_replica() -> None:
 
 
 @pytest.fixture
-async def fake_vllm() -> AsyncIterator[dict[str, object]]:
+async def fake_vllm(serve_app: Callable[[web.Application], Awaitable[str]]) -> dict[str, object]:
     """A local /metrics endpoint whose body and status the test sets."""
     state: dict[str, object] = {"body": SYNTHETIC, "status": 200, "hits": 0, "delay_s": 0.0}
 
@@ -131,14 +131,8 @@ async def fake_vllm() -> AsyncIterator[dict[str, object]]:
 
     app = web.Application()
     app.router.add_get("/metrics", metrics)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    state["url"] = f"http://127.0.0.1:{port}"
-    yield state
-    await runner.cleanup()
+    state["url"] = await serve_app(app)
+    return state
 
 
 async def test_scrape_success_and_failure(fake_vllm: dict[str, object]) -> None:
