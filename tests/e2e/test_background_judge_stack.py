@@ -52,9 +52,10 @@ def test_a_rejected_near_candidate_hits_on_its_second_ask_after_a_yes(gateway_fa
     assert second.headers["x-cache"] == "MISS"  # below the threshold: answered upstream, as without a judge
     assert second.json()["choices"][0]["finish_reason"] in ("stop", "length")  # both are stored
     assert content(second) != content(first)  # so the answer served next says which entry it came from
-    assert calls == [(MODEL, "how do i learn python quickly", "what is the fastest way to learn python")]
+    assert calls == [(MODEL, "how do i learn python quickly", "what is the fastest way to learn python")], \
+        gw.cache_counters()
     third = ask(gw, ASKED)
-    assert third.headers["x-cache"] == "HIT"
+    assert third.headers["x-cache"] == "HIT", gw.cache_counters()
     if verdict > 0:
         assert content(third) == content(first)  # the alias: the cached entry's answer
     else:
