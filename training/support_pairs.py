@@ -282,53 +282,63 @@ def build(seed: int = SEED) -> list[dict[str, str | int]]:
     rng = random.Random(seed)
     rows: list[dict[str, str | int]] = []
 
+    intent = ""
+
     def add(a: str, b: str, label: int, kind: str) -> None:
         if rng.random() < 0.5:
             a, b = b, a
-        rows.append({"text_a": a, "text_b": b, "label": label, "kind": kind})
+        rows.append({"text_a": a, "text_b": b, "label": label, "kind": kind, "intent": intent})
 
     for round_ in range(6):  # six rounds over every intent, fresh values each time
-        for slot, wordings in ENTITY_INTENTS:
+        for i, (slot, wordings) in enumerate(ENTITY_INTENTS):
+            intent = f"entity{i}"
             values = ENTITY_LISTS[slot]
             e1, e2 = rng.sample(values, 2)
             w1, w2 = _two(rng, wordings, True)
             add(w1.format(e=e1), w2.format(e=e1), 1, "paraphrase")
             w1, w2 = _two(rng, wordings, False)
             add(w1.format(e=e1), w2.format(e=e2), 0, "entity")
-        for slot, wordings in DIRECTION_INTENTS:
+        for i, (slot, wordings) in enumerate(DIRECTION_INTENTS):
+            intent = f"direction{i}"
             x, y = rng.sample(ENTITY_LISTS[slot], 2)
             w1, w2 = _two(rng, wordings, True)
             add(w1.format(x=x, y=y), w2.format(x=x, y=y), 1, "paraphrase")
             w1, w2 = _two(rng, wordings, False)
             add(w1.format(x=x, y=y), w2.format(x=y, y=x), 0, "direction")
-        for wordings in TIME_INTENTS:
+        for i, wordings in enumerate(TIME_INTENTS):
+            intent = f"time{i}"
             t1, t2 = rng.choice(RELATIVE)
             w1, w2 = _two(rng, wordings, True)
             add(w1.format(t=t1), w2.format(t=t1), 1, "paraphrase")
             w1, w2 = _two(rng, wordings, False)
             add(w1.format(t=t1), w2.format(t=t2), 0, "time")
-        for wordings in DAY_INTENTS:
+        for i, wordings in enumerate(DAY_INTENTS):
+            intent = f"day{i}"
             d1, d2 = rng.sample(DAYS, 2)
             w1, w2 = _two(rng, wordings, True)
             add(w1.format(d=d1), w2.format(d=d1), 1, "paraphrase")
             w1, w2 = _two(rng, wordings, False)
             add(w1.format(d=d1), w2.format(d=d2), 0, "time")
-        for wordings in MONTH_INTENTS:
+        for i, wordings in enumerate(MONTH_INTENTS):
+            intent = f"month{i}"
             m1, m2 = rng.sample(MONTHS, 2)
             w1, w2 = _two(rng, wordings, True)
             add(w1.format(m=m1), w2.format(m=m1), 1, "paraphrase")
             w1, w2 = _two(rng, wordings, False)
             add(w1.format(m=m1), w2.format(m=m2), 0, "time")
-        for wordings, values in NUMBER_INTENTS:
+        for i, (wordings, values) in enumerate(NUMBER_INTENTS):
+            intent = f"number{i}"
             n1, n2 = rng.sample(values, 2)
             w1, w2 = _two(rng, wordings, True)
             add(w1.format(n=_num(n1)), w2.format(n=_num(n1)), 1, "paraphrase")
             w1, w2 = _two(rng, wordings, False)
             add(w1.format(n=_num(n1)), w2.format(n=_num(n2)), 0, "number")
-        for pos, neg in NEGATION_INTENTS:
+        for i, (pos, neg) in enumerate(NEGATION_INTENTS):
+            intent = f"negation{i}"
             add(*rng.sample(pos if rng.random() < 0.5 else neg, 2), 1, "paraphrase")
             add(rng.choice(pos), rng.choice(neg), 0, "negation")
-        for kind, wordings in IDENTIFIER_INTENTS:
+        for i, (kind, wordings) in enumerate(IDENTIFIER_INTENTS):
+            intent = f"identifier{i}"
             c1 = _code(rng, kind)
             c2 = _mutate(rng, kind, c1)
             w1, w2 = _two(rng, wordings, True)
@@ -336,7 +346,8 @@ def build(seed: int = SEED) -> list[dict[str, str | int]]:
             w1, w2 = _two(rng, wordings, False)
             add(w1.format(c=c1), w2.format(c=c2), 0, "identifier")
         if round_ < 2:  # no slot: few distinct pairs, and the set stays about half positive
-            for wordings in PLAIN_INTENTS:
+            for i, wordings in enumerate(PLAIN_INTENTS):
+                intent = f"plain{i}"
                 add(*rng.sample(wordings, 2), 1, "paraphrase")
     seen: set[tuple[str, str]] = set()
     unique = []
@@ -346,6 +357,24 @@ def build(seed: int = SEED) -> list[dict[str, str | int]]:
             seen.add(key)
             unique.append(r)
     return unique
+
+
+def training_intent(intent: str) -> bool:
+    """Intents the verifier may be trained on: half of them, by the SHA-256 of the intent id. The rest
+    never reach training, so :func:`unseen_intent_pairs` measures rewordings it has never seen."""
+    return int(hashlib.sha256(intent.encode("utf-8")).hexdigest(), 16) % 2 == 0
+
+
+def training_pairs(seeds: list[int]) -> list[tuple[str, str, int]]:
+    """Fresh pairs (other slot values and wordings than the committed set) of the training intents."""
+    return [(str(r["text_a"]), str(r["text_b"]), int(r["label"])) for seed in seeds for r in build(seed)
+            if training_intent(str(r["intent"]))]
+
+
+def unseen_intent_pairs(part: str = "check") -> list[dict[str, str | int]]:
+    """The committed set's pairs of one half whose intent is never trained on."""
+    return [{k: v for k, v in r.items() if k != "intent"} for r in build(SEED)
+            if part_of(str(r["text_a"])) == part and not training_intent(str(r["intent"]))]
 
 
 def main() -> None:
@@ -359,7 +388,7 @@ def main() -> None:
     rows = build(args.seed)
     with open(args.out, "w", encoding="utf-8") as fh:
         for r in rows:
-            fh.write(json.dumps(r, ensure_ascii=False) + "\n")
+            fh.write(json.dumps({k: v for k, v in r.items() if k != "intent"}, ensure_ascii=False) + "\n")
     kinds = Counter((r["kind"], r["label"]) for r in rows)
     parts = Counter(part_of(str(r["text_a"])) for r in rows)
     print(f"{len(rows)} pairs to {args.out}: {dict(sorted(kinds.items()))}; halves {dict(parts)}")

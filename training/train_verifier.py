@@ -28,6 +28,8 @@ import torch
 from cache.keys import normalise_query
 from training.augment import synthetic_pairs
 from training.qqp_split import DEFAULT_QQP, read_pairs
+from training.styles import styled_pairs
+from training.support_pairs import training_pairs
 
 
 def bucket(text_a: str) -> int:
@@ -51,6 +53,13 @@ def main() -> None:
     ap.add_argument("--max-length", type=int, default=64)
     ap.add_argument("--synthetic-neg", type=int, default=6000)
     ap.add_argument("--synthetic-pos", type=int, default=2500)
+    ap.add_argument("--styled-pos", type=int, default=0,
+                    help="positives in a conversational frame or another form (training/styles.py)")
+    ap.add_argument("--styled-neg", type=int, default=0, help="negatives restyled the same way")
+    ap.add_argument("--support-seeds", type=int, default=0,
+                    help="support-desk pairs of the training intents from this many fresh seeds "
+                         "(training/support_pairs.py)")
+    ap.add_argument("--support-repeat", type=int, default=1, help="show each support pair this many times")
     ap.add_argument("--seed", type=int, default=13)
     ap.add_argument("--init", help="continue from this directory (a previous run's --out) instead of MiniLM")
     ap.add_argument("--threads", type=int, default=1)
@@ -61,13 +70,22 @@ def main() -> None:
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
+    torch.set_flush_denormal(True)  # denormal activations slow CPU kernels many times over
     torch.manual_seed(args.seed)
     rng = random.Random(args.seed)
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     rows = [(a, b, y) for a, b, y in read_pairs(args.qqp) if bucket(a) <= 5]
     questions = sorted({t for a, b, _ in rows for t in (a, b)})
-    rows += synthetic_pairs(questions, args.synthetic_neg, args.synthetic_pos, seed=args.seed)
+    synthetic = synthetic_pairs(questions, args.synthetic_neg, args.synthetic_pos, seed=args.seed)
+    rows += synthetic
+    if args.styled_pos or args.styled_neg:
+        negatives = [(a, b) for a, b, y in rows if y == 0]
+        rows += styled_pairs(questions, negatives, args.styled_pos, args.styled_neg, seed=args.seed)
+    if args.support_seeds:
+        support = training_pairs([1000 + args.seed + i for i in range(args.support_seeds)])
+        rows += support * args.support_repeat
+        print(f"{len(support)} support-desk pairs of the training intents, x{args.support_repeat}", flush=True)
     data = [(normalise_query(a), normalise_query(b), float(y)) for a, b, y in rows]
     print(f"{len(data)} training pairs ({sum(d[2] for d in data):.0f} positive)", flush=True)
 
@@ -108,6 +126,7 @@ def main() -> None:
         print(f"calib AUC at start {calib_auc():.4f}", flush=True)
     lossf = torch.nn.BCEWithLogitsLoss()
     step = 0
+    recent: list[float] = []
     while step < total:
         order = data[:]
         rng.shuffle(order)
@@ -134,9 +153,11 @@ def main() -> None:
             opt.step()
             opt.zero_grad()
             step += 1
+            recent.append(loss.item())
             if step % 100 == 0:
                 el = time.time() - t0
-                print(f"step {step}/{total} loss {loss.item():.4f} {el / 60:.1f} min", flush=True)
+                print(f"step {step}/{total} mean loss {sum(recent) / len(recent):.4f} {el / 60:.1f} min", flush=True)
+                recent = []
             if args.eval_every and step % args.eval_every == 0:
                 print(f"step {step} calib AUC {calib_auc():.4f}", flush=True)
             if args.save_every and step % args.save_every == 0:
