@@ -38,6 +38,13 @@ class RedisConfig(Strict):
         description="hint for first-turn lookups, whose fingerprint holds most of a partition; conversation "
                     "lookups (tiny subsets) keep the engine's choice; servers without the hint ignore it")
 
+    def password(self) -> str | None:
+        """The password from ``password_file``, if one is named."""
+        if not self.password_file:
+            return None
+        with open(self.password_file) as fh:
+            return fh.read().strip() or None
+
 
 class EmbedderConfig(Strict):
     model: str = Field("all-MiniLM-L6-v2", description="sentence-transformers model name or path")
@@ -165,6 +172,31 @@ class BackgroundConfig(Strict):
     timeout_s: float = Field(60.0, gt=0, description="a background task still running after this is cancelled")
 
 
+class ReplicasConfig(Strict):
+    """How gateway replicas agree through Redis (docs/replicas.md)."""
+
+    heartbeat_ms: float = Field(250.0, gt=0, description="PING on the purge subscription this often")
+    max_silence_ms: float = Field(
+        1000.0, gt=0, description="the L1 answers only while the purge subscription was heard this recently: "
+        "the bound on how long a replica cut off from Redis may serve a purged entry from memory")
+    l1_max_age_s: float = Field(30.0, gt=0, description="an entry stays in a replica's L1 at most this long")
+    flight_lease_ms: int = Field(
+        2000, ge=100, description="single-flight lease across replicas (SET NX PX), renewed while the leader "
+        "generates: a leader that dies releases its followers after at most this (plus flight_poll_ms)")
+    flight_poll_ms: int = Field(250, ge=10, description="a follower checks its leader's lease this often")
+    flight_max_wait_s: float = Field(
+        120.0, gt=0, description="a follower waiting longer than this calls upstream itself")
+
+    @model_validator(mode="after")
+    def _heartbeat_fits(self) -> ReplicasConfig:
+        if self.heartbeat_ms * 2 > self.max_silence_ms:
+            raise ValueError(f"replicas.heartbeat_ms ({self.heartbeat_ms:g}) must be at most half of "
+                             f"max_silence_ms ({self.max_silence_ms:g}), or a healthy replica turns its L1 off")
+        if self.flight_poll_ms >= self.flight_lease_ms:
+            raise ValueError("replicas.flight_poll_ms must be below flight_lease_ms")
+        return self
+
+
 class CacheConfig(Strict):
     enabled: bool = True
     default_namespace: str = "default"
@@ -188,6 +220,7 @@ class CacheConfig(Strict):
         32, ge=1, description="lookups waiting for the embedder or the verifier; with more, the semantic stage "
         "is skipped (exact tiers only) instead of queueing behind a backlog")
     background: BackgroundConfig = BackgroundConfig()
+    replicas: ReplicasConfig = ReplicasConfig()
     decision: DecisionConfig = DecisionConfig()
     prices: dict[str, PriceConfig] = Field(
         default_factory=dict, description="model -> price per 1k tokens, for the savings metric"

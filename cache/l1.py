@@ -1,7 +1,8 @@
 """In-process exact LRU of hot entries, bounded by the memory they really take.
 
-Entries live at most ``max_age_s`` here (and never past their Redis TTL), because a purge on one
-gateway replica cannot reach another replica's memory any faster than that.
+Entries live at most ``max_age_s`` here (and never past their Redis TTL). Purges on any replica clear
+it through cache/invalidation.py; ``epoch`` counts the clears, so a fill that read Redis before a purge
+cannot put the purged answer back after the clear.
 
 An entry holds the decoded answer (a hit costs no decode) and is counted at its measured size: the
 dict, every object inside it, the key and the LRU's own bookkeeping (``entry_size``). Counting the
@@ -63,6 +64,7 @@ class L1Cache:
         self.max_bytes = max_bytes
         self.max_age_s = max_age_s
         self.bytes = 0
+        self.epoch = 0
         self._items: OrderedDict[str, L1Entry] = OrderedDict()
 
     def get(self, key: str) -> L1Entry | None:
@@ -75,8 +77,9 @@ class L1Cache:
         self._items.move_to_end(key)
         return item
 
-    def put(self, key: str, answer: dict[str, Any], created: float, ttl_s: float) -> None:
-        if self.max_bytes == 0:
+    def put(self, key: str, answer: dict[str, Any], created: float, ttl_s: float, epoch: int | None = None) -> None:
+        """Keep ``answer``; with ``epoch`` (read before the answer was fetched) only if no clear came since."""
+        if self.max_bytes == 0 or (epoch is not None and epoch != self.epoch):
             return
         size = entry_size(key, answer)
         if size > self.max_bytes // 4:
@@ -97,6 +100,7 @@ class L1Cache:
     def clear(self) -> None:
         self._items.clear()
         self.bytes = 0
+        self.epoch += 1
 
     def __len__(self) -> int:
         return len(self._items)

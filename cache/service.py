@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 import orjson
+from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -32,6 +33,7 @@ from cache.breaker import CircuitBreaker, State
 from cache.config import CacheConfig
 from cache.decision import Candidate, Decision, DecisionRule, RuleSettings, decide_each, resolve_settings
 from cache.embedder import MicroBatcher
+from cache.invalidation import PurgeWatch
 from cache.keys import normalise_query
 from cache.l1 import L1Cache
 from cache.policy import CacheControl, CachePlan, Caller, make_plan
@@ -86,16 +88,18 @@ class Lookup:
 
     Filled in as the lookup goes (the embedding as soon as it exists), so a caller that stopped
     waiting for the lookup still finds the embedding here when it stores the answer. A miss also
-    keeps its near candidate, which the store step judges (or compares with the fresh answer)."""
+    keeps its near candidate, which the store step judges (or compares with the fresh answer), and
+    the purge generation seen before the answer was generated (:meth:`CacheService.new_lookup`)."""
 
     hit: CacheHit | None = None
     embedding: np.ndarray | None = None
     near: Near | None = None
+    generation: int | None = None
 
 
 class CacheService:
     def __init__(self, cfg: CacheConfig, store: CacheStore, embedder: MicroBatcher, rule: DecisionRule, *,
-                 budget_ms: float, retry_after_s: float, l1_max_age_s: float = 30.0,
+                 budget_ms: float, retry_after_s: float,
                  judge: Judge | None = None, trip_after_timeouts: int = 1,
                  model_label: Callable[[str], str] | None = None) -> None:
         self.cfg = cfg
@@ -115,7 +119,13 @@ class CacheService:
         self.breaker = CircuitBreaker(retry_after_s=retry_after_s, trip_after_timeouts=trip_after_timeouts)
         self._check: asyncio.Task[bool] | None = None  # the one running breaker check (see _confirm)
         self._ready_error: str | None = None
-        self.l1 = L1Cache(cfg.l1_max_bytes, l1_max_age_s)
+        rc = cfg.replicas
+        self.l1 = L1Cache(cfg.l1_max_bytes, rc.l1_max_age_s)
+        self.watch = PurgeWatch(
+            Redis.from_url(store.cfg.url, password=store.cfg.password(),
+                           socket_connect_timeout=store.cfg.store_timeout_ms / 1000.0),
+            generation_key=store.generation_key, channel=store.purge_channel, on_purge=self.l1.clear,
+            heartbeat_s=rc.heartbeat_ms / 1000.0, max_silence_s=rc.max_silence_ms / 1000.0)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._background: dict[str, int] = {"store": 0, "shadow": 0}
         self._shadow_counts: dict[tuple[str, bool], int] = {}
@@ -191,8 +201,19 @@ class CacheService:
         return await asyncio.shield(self._start_check())  # a lookup's deadline leaves the check running
 
     async def connect(self) -> bool:
-        """The first check, at start: a store that does not answer is skipped until it does."""
-        return await self._start_check()
+        """The first check, at start: a store that does not answer is skipped until it does. Starts
+        listening for purges (cache/invalidation.py)."""
+        ok = await self._start_check()
+        if ok:
+            await self.watch.start(self.store.cfg.store_timeout_ms / 1000.0)
+        else:
+            await self.watch.start(0)
+        return ok
+
+    def new_lookup(self) -> Lookup:
+        """A lookup record for one request, holding the purge generation seen now, before its answer
+        is generated: its store is refused if a purge comes in between."""
+        return Lookup(generation=self.watch.generation)
 
     async def ready(self) -> bool:
         """Readiness: does the store answer? Never opens the breaker (a probe must not switch the
@@ -218,7 +239,7 @@ class CacheService:
         called as the semantic stage starts (the gateway starts its upstream call there, so a miss
         does not wait for the lookup). ``into`` is filled in as the lookup goes and returned."""
         started = time.perf_counter()
-        result = into if into is not None else Lookup()
+        result = into if into is not None else self.new_lookup()
         deadline = asyncio.timeout(self.deadline_s)
         try:
             async with deadline:
@@ -280,13 +301,15 @@ class CacheService:
             return None
 
     async def _lookup(self, plan: CachePlan, on_semantic: Callable[[], None] | None, found: Lookup) -> None:
-        hot = self.l1.get(plan.exact_key)
+        live = self.watch.live()  # the L1 answers only while purges would reach it
+        hot = self.l1.get(plan.exact_key) if live else None
         if hot is not None and self._fresh(hot.created, plan):
             found.hit = CacheHit(hot.answer, "exact", None, time.time() - hot.created, plan.exact_key, "l1")
             return
         if not await self._usable():
             metrics.BYPASSES.labels("store_down").inc()
             return
+        epoch = self.l1.epoch
         try:
             entry = await self._redis(self.store.get(self.store.entry_id(self._tags(plan), plan.exact_key)), "exact")
         except STORE_ERRORS as exc:
@@ -295,7 +318,8 @@ class CacheService:
         if entry is not None and self._fresh(entry.created, plan):
             answer = self._decoded(entry.blob, plan.exact_key)
             if answer is not None:
-                self.l1.put(plan.exact_key, answer, entry.created, plan.settings.ttl_s)
+                if live:
+                    self.l1.put(plan.exact_key, answer, entry.created, plan.settings.ttl_s, epoch)
                 found.hit = CacheHit(answer, "exact", None, time.time() - entry.created, plan.exact_key)
                 return
         if not plan.semantic:
@@ -424,15 +448,17 @@ class CacheService:
 
     # -- store -------------------------------------------------------------------------------
     def store_later(self, plan: CachePlan, answer: dict[str, Any], embedding: np.ndarray | None = None,
-                    near: Near | None = None) -> None:
+                    near: Near | None = None, generation: int | None = None) -> None:
         """Write a complete answer in the background: the response never waits for the cache. Then a
-        miss's near candidate gets its verdict (:meth:`_learn_from_miss`)."""
-        if plan.store and not self._background_task("store", self._store_and_learn(plan, answer, embedding, near)):
+        miss's near candidate gets its verdict (:meth:`_learn_from_miss`). ``generation``: the purge
+        generation seen before the answer was generated (None: now)."""
+        if plan.store and not self._background_task(
+                "store", self._store_and_learn(plan, answer, embedding, near, generation)):
             metrics.STORES.labels(plan.namespace, "dropped").inc()
 
     async def _store_and_learn(self, plan: CachePlan, answer: dict[str, Any], embedding: np.ndarray | None,
-                               near: Near | None) -> None:
-        if await self._store(plan, answer, embedding) and near is not None and embedding is not None:
+                               near: Near | None, generation: int | None) -> None:
+        if await self._store(plan, answer, embedding, generation) and near is not None and embedding is not None:
             await self._learn_from_miss(plan, answer, embedding, near)
 
     async def _learn_from_miss(self, plan: CachePlan, answer: dict[str, Any], embedding: np.ndarray,
@@ -473,8 +499,15 @@ class CacheService:
                                                      concurrency=j.concurrency, timeout_ms=j.timeout_ms)
         return self._background_judge
 
-    async def _store(self, plan: CachePlan, answer: dict[str, Any], embedding: np.ndarray | None) -> bool:
+    async def _store(self, plan: CachePlan, answer: dict[str, Any], embedding: np.ndarray | None,
+                     generation: int | None = None) -> bool:
+        """Write the answer unless a purge was announced after ``generation`` (None: now)."""
         answer = {k: v for k, v in answer.items() if k not in ("id", "created")}
+        if generation is None:
+            generation = self.watch.generation
+        if generation is None:  # not subscribed to purges: a write could resurrect a purged entry
+            metrics.STORES.labels(plan.namespace, "unsynced").inc()
+            return False
         if len(orjson.dumps(answer)) > self.cfg.max_entry_bytes:
             metrics.STORES.labels(plan.namespace, "too_large").inc()
             return False
@@ -489,17 +522,20 @@ class CacheService:
         try:
             t = time.perf_counter()
             async with asyncio.timeout(self.store.cfg.store_timeout_ms / 1000.0):
-                await self.store.put(self.store.entry_id(self._tags(plan), plan.exact_key), answer=answer,
-                                     query=plan.query,
-                                     embedding=embedding if plan.semantic else None,
-                                     tags={**self._tags(plan), **_owner(plan)},
-                                     ttl_s=plan.settings.ttl_s)
+                written = await self.store.put(self.store.entry_id(self._tags(plan), plan.exact_key), answer=answer,
+                                               query=plan.query,
+                                               embedding=embedding if plan.semantic else None,
+                                               tags={**self._tags(plan), **_owner(plan)},
+                                               ttl_s=plan.settings.ttl_s, generation=generation)
             metrics.STAGE_SECONDS.labels("store").observe(time.perf_counter() - t)
         except STORE_ERRORS as exc:
             metrics.STORES.labels(plan.namespace, "error").inc()
             self._failed(exc, "store")
             return False
         self.breaker.call_ok()
+        if not written:
+            metrics.STORES.labels(plan.namespace, "purged").inc()
+            return False
         metrics.STORES.labels(plan.namespace, "stored").inc()
         return True
 
@@ -535,7 +571,9 @@ class CacheService:
     # -- invalidation ------------------------------------------------------------------------
     async def purge(self, *, tags: Mapping[str, str], key: str | None = None, similar_to: str | None = None,
                     threshold: float | None = None) -> int:
-        """Delete entries by tags, by exact key, or near a text; clears this replica's L1."""
+        """Delete entries by tags, by exact key, or near a text. Announced first (cache/invalidation.py):
+        every replica clears its L1, and stores begun before are refused."""
+        await self.watch.announce()
         self.l1.clear()
         if key is not None:
             return await self.store.purge_key(key)
@@ -560,6 +598,7 @@ class CacheService:
         """Stop the background judge's workers and close the store (after :meth:`drain`)."""
         if self._background_judge is not None:
             await self._background_judge.aclose()
+        await self.watch.aclose()
         await self.store.aclose()
 
 

@@ -54,6 +54,14 @@ redis.call('HSET', KEYS[2], 'answer', f[1], 'scope', f[2], 'fingerprint', f[3], 
 redis.call('PEXPIRE', KEYS[2], ttl)
 return 1
 """
+# HSET + EXPIRE of an entry, unless the purge generation (KEYS[2]) moved past the one the store's
+# request saw (ARGV[1]): a store that lands after a purge must not write the entry back.
+_PUT_IF_GENERATION = """
+if (redis.call('GET', KEYS[2]) or '0') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return 1
+"""
 SCOPE_TAGS = ("scope", "fingerprint", "model", "version", "namespace")
 PARTITION_TAGS = ("scope", "namespace", "model", "version")  # one index each; see CacheStore
 _ZLIB = b"z"
@@ -135,10 +143,7 @@ class CacheStore:
         of another model."""
         self.cfg = cfg
         self.dim = dim
-        password = None
-        if cfg.password_file:
-            with open(cfg.password_file) as fh:
-                password = fh.read().strip() or None
+        password = cfg.password()
         # Lookups are held to their budget by the service (asyncio.timeout), so the sockets may wait
         # longer: with a connect timeout of one lookup budget, a burst on a saturated loop failed
         # the confirming PING too, and the cache switched off while Redis was fine.
@@ -164,6 +169,8 @@ class CacheStore:
         self.key_prefix = f"{cfg.index_prefix}:e{space}:"
         self._indexes: dict[str, AsyncSearchIndex] = {}
         self._created: set[str] = set()
+        self.generation_key = f"{cfg.index_prefix}:purge-generation"  # cache/invalidation.py
+        self.purge_channel = f"{cfg.index_prefix}:purges"
         self.hybrid_hint = cfg.knn_hybrid_policy != "none"  # off once a server rejects it (valkey-search)
 
     # -- partitions --------------------------------------------------------------------------
@@ -235,17 +242,23 @@ class CacheStore:
         return Entry(blob, float(created or 0.0), (query or b"").decode())
 
     async def put(self, entry_id: str, *, answer: dict[str, Any], query: str, embedding: np.ndarray | None,
-                  tags: dict[str, str], ttl_s: int) -> None:
+                  tags: dict[str, str], ttl_s: int, generation: int | None = None) -> bool:
+        """Write an entry; with ``generation``, only if no purge was announced since (False: refused)."""
         await self._ensure_partition(entry_id.split(":", 1)[0])  # purge and count find entries via it
         fields: dict[str, Any] = {"answer": encode_answer(answer), "query": query, "created": time.time(),
                                   **{name: tag_value(value) for name, value in tags.items()}}
         if embedding is not None:
             fields["embedding"] = np.asarray(embedding, dtype=np.float32).tobytes()
         key = self.key(entry_id)
+        if generation is not None:
+            flat = [item for pair in fields.items() for item in pair]
+            return bool(await self.redis.eval(_PUT_IF_GENERATION, 2, key, self.generation_key, str(generation),
+                                              ttl_s, *flat))
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(key, mapping=fields)
             pipe.expire(key, ttl_s)
             await pipe.execute()
+        return True
 
     async def knn(self, vector: np.ndarray, tags: dict[str, str], k: int, *, large: bool = False,
                   hybrid_policy: str | None = None) -> list[Neighbour]:

@@ -42,4 +42,5 @@ class AfterAnswer:
         if cached:
             metrics.CACHED_PROMPT_TOKENS.labels(model).inc(cached)
         if self.cache is not None and self.plan is not None and self.plan.store and storable(answer):
-            self.cache.store_later(self.plan, answer, self.lookup.embedding, self.lookup.near)
+            self.cache.store_later(self.plan, answer, self.lookup.embedding, self.lookup.near,
+                                  self.lookup.generation)

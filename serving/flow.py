@@ -81,7 +81,7 @@ async def _handle(request: Request, gw: Gateway, kind: str, tenant: str) -> Resp
     # asks vLLM for it, and the usage event is dropped on its way to a client who did not ask
     ask_usage = parsed.stream and plan is not None and plan.store and not wants_usage and kind != "responses"
     forward = _forward_body(gw, body, raw, tenant, ask_usage)
-    lookup = Lookup()
+    lookup = gw.cache.new_lookup() if gw.cache is not None else Lookup()
     after = AfterAnswer(gw.cache, plan, lookup)
     miss: Speculation[Outcome] = Speculation(Miss(gw, path, affinity, forward, parsed.stream, plan, after))
 

@@ -73,6 +73,7 @@ BORDERLINE = "What is the largest city in France?"  # close in cosine, another q
 
 
 async def seeded(svc: CacheService) -> None:
+    assert await svc.connect()  # subscribes to purges: a service stores only then
     plan = svc.plan("chat", chat(STORED), Caller("t"), CacheControl(), None)
     await svc._store(plan, {"choices": [{"message": {"role": "assistant", "content": "Paris."},
                                          "finish_reason": "stop"}]}, None)
