@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from functools import partial
 
 from fastapi import FastAPI
+from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from redisvl.exceptions import RedisVLError
 from starlette.exceptions import HTTPException
@@ -35,7 +36,7 @@ from serving.prefix_hygiene import PrefixHygiene
 from serving.protocol import OpenAIError, error_body
 from serving.router import Router
 from serving.routes import admin, chat, completions, embeddings, models, ops, responses
-from serving.singleflight import SingleFlight
+from serving.singleflight import ReplicaFlights, SingleFlight
 from serving.upstream import UpstreamClient
 
 log = logging.getLogger("cachestack")
@@ -55,6 +56,7 @@ class Gateway:
     hygiene: PrefixHygiene | None
     embeddings: Embeddings
     slots: TenantSlots  # server.max_in_flight_per_tenant
+    flights: ReplicaFlights | None = None  # single-flight across replicas (with the cache only)
 
 
 async def build_cache(settings: Settings, batcher: MicroBatcher | None) -> CacheService | None:
@@ -68,6 +70,16 @@ async def build_cache(settings: Settings, batcher: MicroBatcher | None) -> Cache
     if not await service.connect():
         log.warning("cache store not reachable at start; serving without it until it answers")
     return service
+
+
+def build_flights(settings: Settings) -> ReplicaFlights:
+    """Single-flight across replicas on its own Redis client: a follower's blocking XREAD must not
+    wait for, or hold, a socket that lookups need."""
+    r, rc = settings.redis, settings.cache.replicas
+    client = Redis.from_url(r.url, password=r.password(), socket_connect_timeout=r.store_timeout_ms / 1000.0,
+                            max_connections=r.max_connections)
+    return ReplicaFlights(client, f"{r.index_prefix}", lease_ms=rc.flight_lease_ms, poll_ms=rc.flight_poll_ms,
+                          max_wait_s=rc.flight_max_wait_s, op_timeout_s=r.lookup_budget_ms / 1000.0)
 
 
 async def build_embedder(settings: Settings, embedder: Embedder | None) -> MicroBatcher | None:
@@ -116,6 +128,7 @@ def create_app(settings: Settings, *, embedder: Embedder | None = None) -> FastA
                                     build_embeddings(settings, batcher, cache),
                                     TenantSlots(settings.server.max_in_flight_per_tenant))
         if cache is not None:
+            gw.flights = build_flights(settings)
             cache.model_label = catalog.label
             if settings.cache.decision.judge.enabled or settings.cache.decision.judge.background:
                 cache.judge = partial(ask_judge, gw)
@@ -129,6 +142,8 @@ def create_app(settings: Settings, *, embedder: Embedder | None = None) -> FastA
         try:
             yield
         finally:
+            if gw.flights is not None:
+                await gw.flights.aclose()
             if cache is not None:
                 await cache.drain()
                 await cache.aclose()

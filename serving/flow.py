@@ -25,13 +25,14 @@ from serving import metrics
 from serving.answers import AfterAnswer
 from serving.cache_control import parse_cache_control
 from serving.checks import fresh_answer
-from serving.hits import cache_headers, hit_response
+from serving.hits import answer_response, cache_headers, hit_response
 from serving.limits import read_body
 from serving.protocol import (ChatCompletionRequest, CompletionRequest, OpenAIError, ResponsesRequest, SamplingFields,
                               parse_request)
 from serving.responses_events import ResponsesAssembler, owns_response, tenant_response_id
 from serving.relay import OpenedStream, RequestTimer, call, json_object, open_stream, relay_stream
 from serving.router import affinity_text
+from serving.singleflight import Lead
 from serving.speculation import Speculation
 from serving.streaming import StreamAssembler
 
@@ -83,7 +84,8 @@ async def _handle(request: Request, gw: Gateway, kind: str, tenant: str) -> Resp
     forward = _forward_body(gw, body, raw, tenant, ask_usage)
     lookup = gw.cache.new_lookup() if gw.cache is not None else Lookup()
     after = AfterAnswer(gw.cache, plan, lookup)
-    miss: Speculation[Outcome] = Speculation(Miss(gw, path, affinity, forward, parsed.stream, plan, after))
+    miss: Speculation[Outcome] = Speculation(Miss(gw, path, affinity, forward, parsed.stream, plan, after,
+                                                  kind, parsed))
 
     if gw.cache is not None and plan is not None and plan.lookup:
         try:
@@ -140,7 +142,12 @@ def _forward_body(gw: Gateway, body: dict[str, Any], raw: bytes, tenant: str, as
 
 @dataclass(frozen=True, slots=True)
 class Miss:
-    """The upstream call that answers a miss: an opened stream, or a whole answer stored after it is sent."""
+    """The upstream call that answers a miss: an opened stream, or a whole answer stored after it is sent.
+
+    A storable miss is single-flight twice over: identical misses in this process share one call
+    (serving/singleflight.py ``SingleFlight``), and across replicas one process leads through a Redis
+    lease (``ReplicaFlights``) while the others get its answer (a stream follower gets it replayed
+    once it is complete)."""
 
     gw: Gateway
     path: str
@@ -149,21 +156,59 @@ class Miss:
     stream: bool
     plan: CachePlan | None
     after: AfterAnswer
+    kind: str
+    parsed: SamplingFields | ResponsesRequest
 
     async def __call__(self) -> Outcome:
         if self.stream:
-            return await open_stream(self.gw, self.path, self.affinity, self.forward)
+            return await self._open()
         if self.plan is not None and self.plan.store:  # followers share the leader's answer, stored once
             return await self.gw.singleflight.run(self.plan.exact_key, self._generate)
         return await self._generate()
 
-    async def _generate(self) -> tuple[int, bytes, str]:
-        status, payload, ctype = await call(self.gw, self.path, self.affinity, self.forward)
-        if status == 200:
-            answer = json_object(payload)
-            if answer is None:
-                metrics.UPSTREAM_ERRORS.labels("invalid_json").inc()
-                raise OpenAIError(502, "upstream sent a response that is not a JSON object", "upstream_error",
-                                  code="upstream_invalid_response")
-            self.after(answer)
+    async def _claim(self) -> Lead | Response | None:
+        """Across replicas: this process leads (a Lead), another replica's answer (a Response), or
+        no flight (None: not storable, Responses API, no Redis, or its trouble)."""
+        flights, cache, plan = self.gw.flights, self.gw.cache, self.plan
+        if flights is None or cache is None or plan is None or not plan.store or self.kind == "responses" \
+                or cache.degraded:
+            return None
+        claim = await flights.claim(plan.exact_key)
+        if isinstance(claim, dict):
+            return answer_response(claim, self.kind, self.parsed, {})
+        return claim
+
+    async def _open(self) -> OpenedStream | Response:
+        lead = await self._claim()
+        if isinstance(lead, Response):
+            return lead
+        try:
+            opened = await open_stream(self.gw, self.path, self.affinity, self.forward)
+        except BaseException:
+            if lead is not None:
+                lead.finish(None)
+            raise
+        if isinstance(opened, Response):  # refused: the followers try for themselves
+            if lead is not None:
+                lead.finish(None)
+            return opened
+        return OpenedStream(opened.lease, opened.resp, lead)
+
+    async def _generate(self) -> Response | tuple[int, bytes, str]:
+        lead = await self._claim()
+        if isinstance(lead, Response):
+            return lead
+        answer = None
+        try:
+            status, payload, ctype = await call(self.gw, self.path, self.affinity, self.forward)
+            if status == 200:
+                answer = json_object(payload)
+                if answer is None:
+                    metrics.UPSTREAM_ERRORS.labels("invalid_json").inc()
+                    raise OpenAIError(502, "upstream sent a response that is not a JSON object", "upstream_error",
+                                      code="upstream_invalid_response")
+                self.after(answer)
+        finally:
+            if lead is not None:
+                lead.finish(answer)
         return status, payload, ctype

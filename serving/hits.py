@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from typing import Any
 
 import orjson
 from starlette.responses import Response
@@ -30,24 +31,28 @@ def cache_headers(result: str, hit: CacheHit | None = None) -> dict[str, str]:
 
 def hit_response(hit: CacheHit, kind: str, parsed: SamplingFields | ResponsesRequest) -> Response:
     """The stored answer under a fresh id and creation time, in the shape the request asked for."""
+    return answer_response(hit.answer, kind, parsed, cache_headers("HIT", hit))
+
+
+def answer_response(answer: dict[str, Any], kind: str, parsed: SamplingFields | ResponsesRequest,
+                    headers: dict[str, str]) -> Response:
+    """A complete answer (a hit's, or another replica's generation) as JSON or a replayed stream."""
     if kind == "responses":  # fresh response and item ids; a stream replays the typed events
-        return _response_hit(hit, parsed.stream)
+        return _response_hit(answer, parsed.stream, headers)
     prefix = "chatcmpl" if kind == "chat" else "cmpl"
     new_id = f"{prefix}-cache-{uuid.uuid4().hex}"
     created = int(time.time())
-    headers = cache_headers("HIT", hit)
     if parsed.stream:
         include_usage = bool(parsed.stream_options and parsed.stream_options.include_usage)
         # Many chunk events (as a live stream has), written at once: nothing is left to wait for.
-        events = b"".join(replay(hit.answer, kind, id=new_id, created=created, include_usage=include_usage))
+        events = b"".join(replay(answer, kind, id=new_id, created=created, include_usage=include_usage))
         return Response(events, 200, media_type="text/event-stream", headers={**SSE_HEADERS, **headers})
-    answer = {**hit.answer, "id": new_id, "created": created}
+    answer = {**answer, "id": new_id, "created": created}
     return Response(orjson.dumps(answer), 200, media_type="application/json", headers=headers)
 
 
-def _response_hit(hit: CacheHit, stream: bool) -> Response:
-    answer = fresh_response(hit.answer)
-    headers = cache_headers("HIT", hit)
+def _response_hit(stored: dict[str, Any], stream: bool, headers: dict[str, str]) -> Response:
+    answer = fresh_response(stored)
     if stream:
         return Response(b"".join(replay_events(answer)), 200, media_type="text/event-stream",
                         headers={**SSE_HEADERS, **headers})

@@ -20,6 +20,10 @@ IN_FLIGHT = Gauge("cachestack_in_flight_requests", "Requests being handled now")
 UPSTREAM_ERRORS = Counter("cachestack_upstream_errors_total", "Upstream failures by kind", ["code"])
 UPSTREAM_RETRIES = Counter("cachestack_upstream_retries_total",
                            "Requests sent to another replica after the first could not be reached")
+FLIGHTS = Counter("cachestack_flights_total",
+                  "Single-flight across replicas: leader, takeover (led after a leader failed), followed "
+                  "(answered by another replica's generation), alone (Redis trouble), gave_up (waited too "
+                  "long), published, aborted", ["event"])
 PROMPT_TOKENS = Counter("cachestack_upstream_prompt_tokens_total", "Prompt tokens sent to vLLM", ["model"])
 CACHED_PROMPT_TOKENS = Counter("cachestack_upstream_cached_prompt_tokens_total",
                                "Prompt tokens vLLM served from its prefix cache (usage.prompt_tokens_details)",

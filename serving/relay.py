@@ -22,6 +22,7 @@ from serving import failover, metrics
 from serving.hits import SSE_HEADERS, cache_headers
 from serving.protocol import OpenAIError
 from serving.router import Replica, Router
+from serving.singleflight import Lead
 from serving.responses_events import ResponsesAssembler
 from serving.streaming import StreamAssembler
 from serving.upstream import UpstreamResponse
@@ -67,15 +68,19 @@ class Lease:
 
 @dataclass(frozen=True, slots=True)
 class OpenedStream:
-    """A streamed upstream response that answered 200, and the lease it holds until it is closed."""
+    """A streamed upstream response that answered 200, and the lease it holds until it is closed;
+    ``flight``: other replicas wait for this stream's answer (serving/singleflight.py)."""
 
     lease: Lease
     resp: UpstreamResponse
+    flight: Lead | None = None
 
     def close(self) -> None:
         """Drop an unwanted stream (aborts the generation in vLLM); the replica did nothing wrong."""
         self.resp.close()
         self.lease.release(True)
+        if self.flight is not None:
+            self.flight.finish(None)
 
 
 @dataclass(slots=True)
@@ -152,6 +157,18 @@ def relay_stream(opened: OpenedStream, assembler: StreamAssembler | ResponsesAss
     lease, resp = opened.lease, opened.resp
 
     async def events() -> AsyncIterator[bytes]:
+        answer = None
+        try:
+            async for out in relayed():
+                yield out
+            answer = assembler.complete_answer()
+        finally:
+            if opened.flight is not None:
+                opened.flight.finish(answer)  # None (broke off, client left): the followers claim again
+        if answer is not None:
+            on_answer(answer)
+
+    async def relayed() -> AsyncIterator[bytes]:
         try:
             with lease.failing_on_upstream_error():
                 async for chunk in resp.chunks():
@@ -163,14 +180,11 @@ def relay_stream(opened: OpenedStream, assembler: StreamAssembler | ResponsesAss
                 if rest:
                     yield rest
         except OpenAIError as exc:  # upstream broke off: tell the client in-band, store nothing
+            assembler.broken = True
             yield b"data: " + exc.body() + b"\n\n"
-            return
         finally:
             resp.close()
             lease.release(True)  # no-op when the upstream failed: the lease was released unhealthy
-        answer = assembler.complete_answer()
-        if answer is not None:
-            on_answer(answer)
 
     return StreamingResponse(events(), media_type="text/event-stream",
                              headers={**SSE_HEADERS, **cache_headers(result)})

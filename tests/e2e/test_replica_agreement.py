@@ -1,0 +1,168 @@
+"""Three gateway replicas (own CacheService, L1 and single-flight each, separate uvicorn servers) on one
+Valkey + RediSearch and the real vLLM: purges reach every replica, identical concurrent misses spread
+over the replicas cost one generation (streams included), and a failed leader hands over to one
+follower. Upstream calls are counted by a pass-through proxy in front of vLLM (it fails a call only
+where a test asks it to)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from tests.conftest import MODEL
+
+pytestmark = pytest.mark.e2e
+
+ADMIN = "admin-secret-replicas"
+
+
+class CountingProxy:
+    """Forwards to vLLM and counts generation requests; ``fail_next`` answers that many with 500 after
+    ``fail_after_s`` (a leader whose upstream fails, which a real vLLM cannot be made to do on cue)."""
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream
+        self.calls = 0
+        self.fail_next = 0
+        self.fail_after_s = 1.0
+        self.client: httpx.AsyncClient | None = None
+
+    async def generate(self, request: Request) -> Response:
+        self.calls += 1
+        body = await request.body()
+        if self.fail_next:
+            self.fail_next -= 1
+            await asyncio.sleep(self.fail_after_s)
+            return JSONResponse({"error": {"message": "injected"}}, 500)
+        if self.client is None:
+            self.client = httpx.AsyncClient(timeout=300)
+        req = self.client.build_request("POST", self.upstream + request.url.path, content=body,
+                                        headers={"content-type": "application/json"})
+        resp = await self.client.send(req, stream=True)
+        return StreamingResponse(resp.aiter_raw(), resp.status_code, media_type=resp.headers.get("content-type"),
+                                 background=None)
+
+    async def models(self, _: Request) -> Response:
+        r = httpx.get(self.upstream + "/v1/models", timeout=30)
+        return Response(r.content, r.status_code, media_type="application/json")
+
+    def app(self) -> Starlette:
+        return Starlette(routes=[Route("/v1/chat/completions", self.generate, methods=["POST"]),
+                                 Route("/v1/completions", self.generate, methods=["POST"]),
+                                 Route("/v1/models", self.models), Route("/metrics", lambda _: Response(""))])
+
+
+@pytest.fixture
+def proxy(vllm_url: str) -> Iterator[tuple[str, CountingProxy]]:
+    from serving.local.processes import free_port
+
+    counting = CountingProxy(vllm_url)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(counting.app(), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline, "proxy did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}", counting
+    server.should_exit = True
+    thread.join(10)
+
+
+@pytest.fixture
+def replicas(gateway_factory: Any, proxy: tuple[str, CountingProxy], redis_url: str) -> list[Any]:
+    url, _ = proxy
+    prefix = f"rep{uuid.uuid4().hex[:8]}"
+    return [gateway_factory(url, redis_url, redis={"index_prefix": prefix},
+                            auth={"admin_key_sha256": hashlib.sha256(ADMIN.encode()).hexdigest()})
+            for _ in range(3)]
+
+
+def body(question: str, stream: bool = False) -> dict[str, Any]:
+    return {"model": MODEL, "temperature": 0, "max_tokens": 24, "stream": stream,
+            "messages": [{"role": "user", "content": question}]}
+
+
+async def burst(gateways: list[Any], question: str, n: int, stream: Any = False) -> list[httpx.Response]:
+    """``n`` identical requests at once, spread round-robin over the gateways."""
+    async with httpx.AsyncClient(timeout=300) as client:
+        return list(await asyncio.gather(*(
+            client.post(gateways[i % len(gateways)].url + "/v1/chat/completions",
+                        json=body(question, stream(i) if callable(stream) else stream))
+            for i in range(n))))
+
+
+def text_of(r: httpx.Response) -> str:
+    if r.headers["content-type"].startswith("text/event-stream"):
+        import orjson
+
+        out = []
+        for line in r.text.splitlines():
+            if line.startswith("data: {"):
+                for choice in orjson.loads(line[6:]).get("choices", []):
+                    out.append((choice.get("delta") or {}).get("content") or "")
+        return "".join(out)
+    return r.json()["choices"][0]["message"]["content"]
+
+
+def test_a_purge_on_one_replica_stops_every_replica_serving_it_within_a_second(replicas, proxy):
+    a, b, c = replicas
+    q = f"What is the capital of France? ({uuid.uuid4().hex[:6]})"
+    assert httpx.post(a.url + "/v1/chat/completions", json=body(q), timeout=300).status_code == 200
+    a.drain()
+    for gw in (b, c):  # the first read fills each replica's L1, the second is served from it
+        for store in ("redis", "l1"):
+            r = httpx.post(gw.url + "/v1/chat/completions", json=body(q), timeout=60)
+            assert (r.headers["x-cache"], r.headers.get("x-cache-store")) == ("HIT", store)
+    started = time.monotonic()
+    r = httpx.post(a.url + "/admin/cache/purge", json={"namespace": "default"},
+                   headers={"authorization": f"Bearer {ADMIN}"}, timeout=60)
+    assert r.status_code == 200 and r.json()["purged"] >= 1
+    for gw in (b, c):
+        while len(gw.gw.cache.l1):
+            assert time.monotonic() - started < 1.0, f"{gw.url} still holds the purged entry in its L1"
+            time.sleep(0.01)
+        r = httpx.post(gw.url + "/v1/chat/completions", json=body(q), headers={"cache-control": "no-store"},
+                       timeout=300)
+        assert r.headers["x-cache"] == "MISS"
+
+
+@pytest.mark.parametrize("stream", ["none", "mixed"])
+def test_identical_misses_over_three_replicas_cost_one_generation(replicas, proxy, stream):
+    _, counting = proxy
+    q = f"Name three colours of the rainbow. ({uuid.uuid4().hex[:6]})"
+    n = 9
+    rs = asyncio.run(burst(replicas, q, n, (lambda i: i % 2 == 1) if stream == "mixed" else False))
+    assert [r.status_code for r in rs] == [200] * n, [r.text[:200] for r in rs]
+    assert counting.calls == 1, f"{counting.calls} upstream calls for {n} identical concurrent misses"
+    assert len({text_of(r) for r in rs}) == 1  # every client got the one generation
+    if stream == "mixed":
+        assert any(r.headers["content-type"].startswith("text/event-stream") for r in rs)
+
+
+def test_a_failed_leader_hands_over_to_one_follower(replicas, proxy):
+    _, counting = proxy
+    counting.fail_next, counting.fail_after_s = 1, 1.5
+    q = f"Name a large ocean. ({uuid.uuid4().hex[:6]})"
+    started = time.monotonic()
+    rs = asyncio.run(burst(replicas, q, 6))
+    statuses = sorted(r.status_code for r in rs)
+    assert counting.calls == 2, f"{counting.calls} upstream calls: one failed leader, then one takeover"
+    # the failed leader's gateway answered its two requests (the leader and its in-process follower,
+    # which shares its process leader's outcome) with the failure; the other replicas' four got the takeover
+    assert statuses == [200] * 4 + [502] * 2, statuses
+    assert time.monotonic() - started < 120
