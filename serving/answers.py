@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,11 +33,15 @@ class AfterAnswer:
     cache: CacheService | None
     plan: CachePlan | None
     lookup: Lookup  # its embedding is filled in when the lookup ends, before any answer arrives
+    charge: Callable[[int], None] | None = None  # the tenant's token rate limit (serving/rate_limits.py)
 
     def __call__(self, answer: dict[str, Any]) -> None:
         usage = answer.get("usage") or {}
         model = str(answer.get("model") or "unknown")
-        metrics.PROMPT_TOKENS.labels(model).inc(usage.get("prompt_tokens") or usage.get("input_tokens") or 0)
+        prompt = usage.get("prompt_tokens") or usage.get("input_tokens") or 0
+        metrics.PROMPT_TOKENS.labels(model).inc(prompt)
+        if self.charge is not None:
+            self.charge(int(prompt) + int(usage.get("completion_tokens") or usage.get("output_tokens") or 0))
         details = usage.get("prompt_tokens_details") or usage.get("input_tokens_details") or {}
         cached = details.get("cached_tokens") or 0
         if cached:

@@ -20,6 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from cache.decision import build_rule
+from cache.breaker import CircuitBreaker
 from cache.embedder import Embedder, MicroBatcher, embedder_from_config
 from cache.service import CacheService
 from cache.store import CacheStore
@@ -34,6 +35,7 @@ from serving.limits import HeaderLimit, TenantSlots
 from serving.embeddings import Embeddings, LocalModel, local_name
 from serving.prefix_hygiene import PrefixHygiene
 from serving.protocol import OpenAIError, error_body
+from serving.rate_limits import RateLimiter
 from serving.router import Router
 from serving.routes import admin, chat, completions, embeddings, models, ops, responses
 from serving.singleflight import ReplicaFlights, SingleFlight
@@ -57,6 +59,7 @@ class Gateway:
     embeddings: Embeddings
     slots: TenantSlots  # server.max_in_flight_per_tenant
     flights: ReplicaFlights | None = None  # single-flight across replicas (with the cache only)
+    limiter: RateLimiter | None = None  # rate_limits, when any limit is configured
 
 
 async def build_cache(settings: Settings, batcher: MicroBatcher | None) -> CacheService | None:
@@ -80,6 +83,17 @@ def build_flights(settings: Settings) -> ReplicaFlights:
                             max_connections=r.max_connections)
     return ReplicaFlights(client, f"{r.index_prefix}", lease_ms=rc.flight_lease_ms, poll_ms=rc.flight_poll_ms,
                           max_wait_s=rc.flight_max_wait_s, op_timeout_s=r.lookup_budget_ms / 1000.0)
+
+
+def build_limiter(settings: Settings) -> RateLimiter | None:
+    """The per-tenant rate limiter, on its own Redis client, if any limit is configured."""
+    rl, r = settings.rate_limits, settings.redis
+    if all(t.requests_per_minute is None and t.tokens_per_minute is None for t in (rl.default, *rl.tenants.values())):
+        return None
+    client = Redis.from_url(r.url, password=r.password(), socket_connect_timeout=r.lookup_budget_ms / 1000.0,
+                            socket_timeout=r.store_timeout_ms / 1000.0, max_connections=r.max_connections)
+    return RateLimiter(client, r.index_prefix, rl, timeout_s=r.lookup_budget_ms / 1000.0,
+                       breaker=CircuitBreaker(retry_after_s=r.retry_after_s, trip_after_timeouts=r.trip_after_timeouts))
 
 
 async def build_embedder(settings: Settings, embedder: Embedder | None) -> MicroBatcher | None:
@@ -110,6 +124,7 @@ def create_app(settings: Settings, *, embedder: Embedder | None = None) -> FastA
     """
     auth = Authenticator(settings.auth)
     auth.check_namespaces(settings.cache)
+    auth.check_rate_limits(settings.rate_limits.tenants)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -127,6 +142,7 @@ def create_app(settings: Settings, *, embedder: Embedder | None = None) -> FastA
                                     SingleFlight(), PrefixHygiene(ph.window, ph.head_chars) if ph.enabled else None,
                                     build_embeddings(settings, batcher, cache),
                                     TenantSlots(settings.server.max_in_flight_per_tenant))
+        gw.limiter = build_limiter(settings)
         if cache is not None:
             gw.flights = build_flights(settings)
             cache.model_label = catalog.label
@@ -144,6 +160,8 @@ def create_app(settings: Settings, *, embedder: Embedder | None = None) -> FastA
         finally:
             if gw.flights is not None:
                 await gw.flights.aclose()
+            if gw.limiter is not None:
+                await gw.limiter.aclose()
             if cache is not None:
                 await cache.drain()
                 await cache.aclose()

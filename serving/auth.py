@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +80,12 @@ class Authenticator:
             if unknown:
                 raise ConfigError(f"cache.namespaces.{ns} lists tenant {unknown[0]!r} in readers or writers, "
                                   "but auth configures no such tenant")
+
+    def check_rate_limits(self, tenants: Iterable[str]) -> None:
+        """Refuse rate limits for a tenant that has no key (a typo would limit no one)."""
+        for name in tenants:
+            if name not in self.tenant_names and not (self.open and name == OPEN_TENANT):
+                raise ConfigError(f"rate_limits.tenants names tenant {name!r}, but auth configures no such tenant")
 
     def tenant(self, authorization: str | None) -> str:
         if self.open:

@@ -170,6 +170,20 @@ class EmbeddingsConfig(Strict):
     cache_ttl_s: int = Field(7 * 86_400, ge=1, description="how long a cached vector is kept")
 
 
+class TenantRates(Strict):
+    requests_per_minute: int | None = Field(None, ge=1, description="None: no request limit")
+    tokens_per_minute: int | None = Field(
+        None, ge=1, description="upstream tokens (prompt + completion) per minute; None: no token limit")
+
+
+class RateLimitConfig(Strict):
+    """Per-tenant limits shared by every gateway replica through Redis (serving/rate_limits.py).
+    Without tenants, every request is the tenant ``default``."""
+
+    default: TenantRates = Field(default_factory=TenantRates, description="every tenant not listed below")
+    tenants: dict[str, TenantRates] = Field(default_factory=dict, description="tenant name -> its own limits")
+
+
 class Settings(BaseSettings):
     """Everything cachestack reads at start. Load with :func:`load_config`."""
 
@@ -185,6 +199,7 @@ class Settings(BaseSettings):
     embeddings: EmbeddingsConfig = EmbeddingsConfig()
     auth: AuthConfig = AuthConfig()
     prefix_hygiene: PrefixHygieneConfig = PrefixHygieneConfig()
+    rate_limits: RateLimitConfig = RateLimitConfig()
     local: LocalStackConfig = LocalStackConfig()
 
     @classmethod

@@ -1,6 +1,6 @@
 """The request flow of /v1/chat/completions and /v1/completions, step by step (docs/architecture.md).
 
-1 auth (serving/auth.py) and the tenant's slot (limits.py) -> 2 body limit (limits.py) and protocol
+1 auth (serving/auth.py), the tenant's rate limits (rate_limits.py) and slot (limits.py) -> 2 body limit (limits.py) and protocol
 (protocol.py) -> 3-4 cache plan (cache/policy.py, cache/keys.py) -> 5 lookup (cache/service.py), the
 miss's upstream call started speculatively (speculation.py) -> 6a HIT: hits.py -> 6b MISS: single-flight
 (singleflight.py) -> router -> vLLM -> relay.py -> 7 store after the answer was sent (answers.py).
@@ -52,6 +52,8 @@ async def handle(request: Request, kind: str) -> Response:
     """One chat or completions request, from its Authorization header to the response."""
     gw: Gateway = request.app.state.gw
     tenant = gw.auth.tenant(request.headers.get("authorization"))
+    if gw.limiter is not None:
+        await gw.limiter.admit(tenant)  # 429 past the tenant's per-minute limits, shared by all replicas
     return await gw.slots.run(tenant, partial(_handle, request, gw, kind, tenant))
 
 
@@ -83,7 +85,7 @@ async def _handle(request: Request, gw: Gateway, kind: str, tenant: str) -> Resp
     ask_usage = parsed.stream and plan is not None and plan.store and not wants_usage and kind != "responses"
     forward = _forward_body(gw, body, raw, tenant, ask_usage)
     lookup = gw.cache.new_lookup() if gw.cache is not None else Lookup()
-    after = AfterAnswer(gw.cache, plan, lookup)
+    after = AfterAnswer(gw.cache, plan, lookup, partial(gw.limiter.charge, tenant) if gw.limiter else None)
     miss: Speculation[Outcome] = Speculation(Miss(gw, path, affinity, forward, parsed.stream, plan, after,
                                                   kind, parsed))
 

@@ -24,6 +24,10 @@ FLIGHTS = Counter("cachestack_flights_total",
                   "Single-flight across replicas: leader, takeover (led after a leader failed), followed "
                   "(answered by another replica's generation), alone (Redis trouble), gave_up (waited too "
                   "long), published, aborted", ["event"])
+RATE_LIMITED = Counter("cachestack_rate_limited_total", "Requests refused with 429 by the per-tenant rate "
+                       "limits, by the limit reached", ["limit"])  # requests, tokens
+RATE_LIMIT_SKIPPED = Counter("cachestack_rate_limit_skipped_total",
+                             "Rate limit checks not made (Redis down or slow): the request was admitted")
 PROMPT_TOKENS = Counter("cachestack_upstream_prompt_tokens_total", "Prompt tokens sent to vLLM", ["model"])
 CACHED_PROMPT_TOKENS = Counter("cachestack_upstream_cached_prompt_tokens_total",
                                "Prompt tokens vLLM served from its prefix cache (usage.prompt_tokens_details)",

@@ -166,3 +166,38 @@ def test_a_failed_leader_hands_over_to_one_follower(replicas, proxy):
     # which shares its process leader's outcome) with the failure; the other replicas' four got the takeover
     assert statuses == [200] * 4 + [502] * 2, statuses
     assert time.monotonic() - started < 120
+
+
+def _not_at_a_minute_boundary() -> None:
+    """The limits count per clock minute: start a test well inside one."""
+    if time.time() % 60 > 50:
+        time.sleep(61 - time.time() % 60)
+
+
+def test_three_replicas_share_one_request_limit(gateway_factory, vllm_url, redis_url):
+    prefix = f"rl{uuid.uuid4().hex[:8]}"
+    gws = [gateway_factory(vllm_url, redis_url, redis={"index_prefix": prefix},
+                           rate_limits={"default": {"requests_per_minute": 4}}) for _ in range(3)]
+    _not_at_a_minute_boundary()
+    # an unknown model: admitted requests are refused after the limiter (404) and cost no generation
+    rs = [httpx.post(gws[i % 3].url + "/v1/chat/completions", timeout=60,
+                     json={**body("hello"), "model": "no-such-model"}) for i in range(9)]
+    assert sorted(r.status_code for r in rs) == [404] * 4 + [429] * 5
+    refused = next(r for r in rs if r.status_code == 429)
+    assert 1 <= int(refused.headers["retry-after"]) <= 60
+    assert refused.json()["error"]["type"] == "rate_limit_error"
+    assert set(refused.json()["error"]) == {"message", "type", "param", "code"}
+
+
+def test_tokens_generated_on_one_replica_count_on_the_others(gateway_factory, vllm_url, redis_url):
+    prefix = f"rl{uuid.uuid4().hex[:8]}"
+    a, b = (gateway_factory(vllm_url, redis_url, redis={"index_prefix": prefix},
+                            rate_limits={"default": {"tokens_per_minute": 10}}) for _ in range(2))
+    _not_at_a_minute_boundary()
+    r = httpx.post(a.url + "/v1/chat/completions", json={**body("Say hi."), "max_tokens": 4}, timeout=300)
+    assert r.status_code == 200 and r.json()["usage"]["total_tokens"] > 10
+    deadline = time.monotonic() + 5
+    while (r := httpx.post(b.url + "/v1/chat/completions", json=body("Say hi."), timeout=300)).status_code != 429:
+        assert time.monotonic() < deadline, "the tokens charged on replica A never limited replica B"
+        time.sleep(0.2)
+    assert "tokens per minute" in r.json()["error"]["message"]
