@@ -87,3 +87,14 @@ async def test_valkey_down_admits_every_request_and_skips_it_after_the_first_fai
         assert rl.breaker.trips == 1  # one failed round trip, then Redis is skipped for retry_after_s
     finally:
         await rl.aclose()
+
+
+def test_limits_for_a_tenant_auth_does_not_know_are_a_config_error() -> None:
+    from serving.auth import Authenticator
+    from serving.config import AuthConfig, ConfigError
+
+    auth = Authenticator(AuthConfig(tenants=[{"name": "acme", "key_sha256": ["a" * 64]}]))
+    auth.check_rate_limits(["acme"])
+    with pytest.raises(ConfigError, match="'acme2'"):
+        auth.check_rate_limits(["acme2"])
+    Authenticator(AuthConfig()).check_rate_limits(["default"])  # the open scope's one tenant
