@@ -120,8 +120,9 @@ async def _one(http: aiohttp.ClientSession, url: str, body: dict[str, Any]) -> t
 
 async def drive(url: str, pid: int, redis_url: str, *, duration_s: float, rate: float, warmup_s: float,
                 max_requests: int, sample_s: float, seed: int = 7, max_outstanding: int = 256,
-                model: str = "smollm2") -> Result:
-    """Send ``rate`` requests/s for ``duration_s`` (at most ``max_requests``), sampling as it goes."""
+                model: str = "smollm2", progress: bool = False) -> Result:
+    """Send ``rate`` requests/s for ``duration_s`` (at most ``max_requests``), sampling as it goes
+    (``progress`` prints each sample, so a long run can be watched)."""
     res = Result(duration_s, rate, warmup_s)
     rng = random.Random(seed)
     lat: dict[str, list[float]] = collections.defaultdict(list)
@@ -147,8 +148,12 @@ async def drive(url: str, pid: int, redis_url: str, *, duration_s: float, rate: 
     async def sampler(started: float) -> None:
         while True:
             clients = int(r.info("clients")["connected_clients"])
-            res.samples.append(Sample(round(time.monotonic() - started, 1), round(_rss_mb(pid), 1), _fds(pid),
-                                      clients, done))
+            s = Sample(round(time.monotonic() - started, 1), round(_rss_mb(pid), 1), _fds(pid), clients, done)
+            res.samples.append(s)
+            if progress:
+                print(f"  t={s.t_s:7.1f}s done={s.requests_done:<6} ok={res.ok:<6} errors={sum(errors.values())} "
+                      f"RSS={s.rss_mb} MB fds={s.fds} redis_clients={s.redis_clients} "
+                      f"outstanding={len(outstanding)}", flush=True)
             await asyncio.sleep(sample_s)
 
     timeout = aiohttp.ClientTimeout(total=120)
@@ -260,9 +265,10 @@ def main() -> None:
     p.add_argument("--fake-upstream-ms", type=float,
                    help="use loadtests/fake_upstream.py with this delay instead of vLLM")
     p.add_argument("--json")
+    p.add_argument("--quiet", action="store_true", help="no line per sample, only the summary")
     a = p.parse_args()
     res = run(a.vllm_url, a.redis_url, a.fake_upstream_ms, duration_s=a.duration, rate=a.rate, warmup_s=min(a.warmup, a.duration / 2),
-              max_requests=a.max_requests, sample_s=a.sample_s)
+              max_requests=a.max_requests, sample_s=a.sample_s, progress=not a.quiet)
     report(res)
     write_json(a.json, asdict(res))
 
