@@ -222,8 +222,10 @@ def parse_request(raw: bytes, model: type[M], *, max_messages: int | None = None
     if max_messages is not None and isinstance(parsed, ChatCompletionRequest) and len(parsed.messages) > max_messages:
         raise _invalid(("messages",), f"more than {max_messages} messages")
     if max_tokens is not None:
+        # only the fields this route declares (validated ints): an undeclared one is an untyped extra
+        # passed through as sent, and comparing it would raise on a list or a string
         for name in ("max_tokens", "max_completion_tokens", "max_output_tokens"):
-            value = getattr(parsed, name, None)
+            value = getattr(parsed, name) if name in type(parsed).model_fields else None
             if value is not None and value > max_tokens:
                 raise _invalid((name,), f"at most {max_tokens} tokens may be asked for")
     return body, parsed

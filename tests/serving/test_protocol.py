@@ -199,6 +199,18 @@ def test_deep_nesting_is_400_naming_the_field() -> None:
     parse_request(chat(chat_template_kwargs={"a": {"b": [[1, 2.5, 9223372036854775807]]}}), ChatCompletionRequest)
 
 
+@pytest.mark.parametrize("model, field", [(ChatCompletionRequest, "max_output_tokens"),
+                                          (CompletionRequest, "max_completion_tokens"),
+                                          (CompletionRequest, "max_output_tokens")])
+@pytest.mark.parametrize("value", [[], "many", {"n": 1}, 10**9])
+def test_an_undeclared_token_field_of_any_type_passes_through(model: type, field: str, value: object) -> None:
+    # found by loadtests/hostile_input.py: a list here was compared with the bound (TypeError, 500)
+    body = orjson.loads(chat()) if model is ChatCompletionRequest else {"model": "m", "prompt": "hi"}
+    raw = orjson.dumps({**body, field: value})
+    forwarded, _ = parse_request(raw, model, max_tokens=100)
+    assert forwarded[field] == value
+
+
 def test_message_count_and_max_tokens_limits() -> None:
     many = orjson.dumps({"model": "m", "messages": MSG * 11})
     with pytest.raises(OpenAIError) as info:
@@ -232,7 +244,7 @@ _json = st.recursive(_scalars, lambda inner: st.lists(inner, max_size=4)
                      | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=30)
 _FIELDS = ["model", "messages", "prompt", "stream", "stream_options", "temperature", "top_p", "n", "max_tokens",
            "max_completion_tokens", "stop", "seed", "logprobs", "top_logprobs", "best_of", "top_k", "tools",
-           "tool_choice", "response_format", "logit_bias", "echo", "suffix", "user", "min_p"]
+           "tool_choice", "response_format", "logit_bias", "echo", "suffix", "user", "min_p", "max_output_tokens"]
 _BASES = {"chat": {"model": "m", "temperature": 0, "messages": [{"role": "user", "content": "hi"}]},
           "completion": {"model": "m", "temperature": 0, "prompt": "hi"}}
 _MODELS = {"chat": ChatCompletionRequest, "completion": CompletionRequest}
