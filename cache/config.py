@@ -19,7 +19,17 @@ class Strict(BaseModel):
 
 
 class RedisConfig(Strict):
-    url: str = "redis://127.0.0.1:6379/0"
+    url: str = Field("redis://127.0.0.1:6379/0", description="with cluster: any node of the cluster")
+    cluster: bool = Field(
+        False, description="the URL is a Redis Cluster node: keyed commands follow the slots, searches go to the "
+        "node holding the partition's slot (docs/cluster.md)")
+    index_layout: Literal["partition", "shared"] = Field(
+        "partition", description="partition: one HNSW index per (tenant scope, namespace, model, version), the "
+        "fastest KNN; shared: one index (per node) with the partition's tags in the prefilter, for managed "
+        "services that allow few indexes (docs/cluster.md has both measured)")
+    max_indexes: int = Field(
+        1000, ge=1, description="partition layout: at most this many indexes; a new partition beyond it drops "
+        "the least recently written one with its entries (ElastiCache allows 10 indexes: use shared there)")
     password_file: str | None = None
     lookup_budget_ms: float = Field(50.0, gt=0, description="a slower cache lookup is skipped")
     store_timeout_ms: float = Field(500.0, gt=0)
@@ -44,6 +54,14 @@ class RedisConfig(Strict):
             return None
         with open(self.password_file) as fh:
             return fh.read().strip() or None
+
+    @model_validator(mode="after")
+    def _layout_fits(self) -> RedisConfig:
+        if self.cluster and self.index_layout == "shared":
+            raise ValueError("redis.index_layout 'shared' needs one Redis, not a cluster: a cluster node's index "
+                             "returns no fields of keys outside its own name's slot (docs/cluster.md); use "
+                             "'partition' with cluster")
+        return self
 
 
 class EmbedderConfig(Strict):

@@ -37,7 +37,7 @@ from cache.invalidation import PurgeWatch
 from cache.keys import normalise_query
 from cache.l1 import L1Cache
 from cache.policy import CacheControl, CachePlan, Caller, make_plan
-from cache.store import CacheStore, Neighbour, decode_answer, scope_filter
+from cache.store import CacheStore, Neighbour, decode_answer
 from cache.verdicts import VerdictBook, answers_agree
 
 log = logging.getLogger("cachestack.cache")
@@ -132,6 +132,8 @@ class CacheService:
         self.verdicts = VerdictBook(store, cosine_scores=getattr(rule, "verifier", None) is None,
                                     timeout_s=store.cfg.store_timeout_ms / 1000.0)
         self._background_judge: BackgroundJudge | None = None
+        # partitions of any other (namespace, version) are retired: at start and on each new index
+        store.set_live_versions({name: ns.version for name, ns in cfg.namespaces.items()})
         metrics.REDIS_UP.set(1)
 
     # -- the store's health --------------------------------------------------------------------
@@ -202,13 +204,27 @@ class CacheService:
 
     async def connect(self) -> bool:
         """The first check, at start: a store that does not answer is skipped until it does. Starts
-        listening for purges (cache/invalidation.py)."""
+        listening for purges (cache/invalidation.py), and in the background drops the partitions of
+        namespace versions the config no longer has."""
         ok = await self._start_check()
         if ok:
             await self.watch.start(self.store.cfg.store_timeout_ms / 1000.0)
+            # not one of the capped background stores: it must not take an answer's place
+            task = asyncio.get_running_loop().create_task(self._retire())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
         else:
             await self.watch.start(0)
         return ok
+
+    async def _retire(self) -> None:
+        try:
+            retired = await self.store.retire()
+        except STORE_ERRORS as exc:  # the next start, or the next new index, tries again
+            log.warning("retiring old cache partitions failed: %s", type(exc).__name__)
+            return
+        if retired:
+            log.info("retired %d cache partitions of old namespace versions", len(retired))
 
     def new_lookup(self) -> Lookup:
         """A lookup record for one request, holding the purge generation seen now, before its answer
@@ -578,7 +594,7 @@ class CacheService:
         if key is not None:
             return await self.store.purge_key(key)
         vector = await self.embedder.embed(normalise_query(similar_to)) if similar_to is not None else None
-        return await self.store.purge(scope_filter(dict(tags)), vector=vector, threshold=threshold)
+        return await self.store.purge(dict(tags), vector=vector, threshold=threshold)
 
     async def stats(self) -> dict[str, Any]:
         return {"entries": await self.store.count(), "partitions": len(await self.store.partitions()),

@@ -17,9 +17,7 @@ from typing import Any
 
 import numpy as np
 import orjson
-import redis
-from redis.asyncio import BlockingConnectionPool, Redis
-from redis.driver_info import DriverInfo
+from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 from redisvl.exceptions import RedisSearchError
 from redisvl.index import AsyncSearchIndex
@@ -28,6 +26,8 @@ from redisvl.query.filter import FilterExpression, Tag
 from redisvl.schema import IndexSchema
 
 from cache.config import RedisConfig
+from cache.partitions import LAYOUT_FIELDS, Partition, PartitionRegistry
+from cache.topology import Topology
 
 # Appends one packed verdict to an entry's field, keeping the last ARGV[2] bytes; an expired or
 # purged entry is not recreated.
@@ -63,7 +63,8 @@ redis.call('EXPIRE', KEYS[1], ARGV[2])
 return 1
 """
 SCOPE_TAGS = ("scope", "fingerprint", "model", "version", "namespace")
-PARTITION_TAGS = ("scope", "namespace", "model", "version")  # one index each; see CacheStore
+PARTITION_TAGS = ("scope", "namespace", "model", "version")  # one slot (and index) each; see CacheStore
+SHARED = "shared"  # the index name of the shared layout
 _ZLIB = b"z"
 _RAW = b"j"
 
@@ -128,13 +129,22 @@ def schema_for(name: str, key_prefix: str, dim: int, cfg: RedisConfig) -> IndexS
 class CacheStore:
     """Async access to the entries; every call may raise redis errors (the service fails open).
 
-    Entries are partitioned by (scope, namespace, model, version): one HNSW index per partition,
-    over its own key prefix, so the KNN filter left inside a partition is the context fingerprint
-    alone. Why: with one global index the tenant filter keeps a middling share of the index (1/20
-    for 20 tenants), which is exactly where the engine brute-forces the filtered subset; measured
-    here at 100k entries that cost 14 ms p50 against 1.2 ms unfiltered (loadtests/bench_knn.py).
-    Inside a partition a fingerprint is either most of it (single-turn questions: the fast filtered
-    HNSW path) or tiny (a conversation: brute force over a few vectors).
+    Entries are partitioned by (scope, namespace, model, version), and every key of a partition
+    carries the partition id as its hash tag, so in a Redis Cluster a partition lives in one slot and
+    a lookup touches one shard. ``redis.index_layout`` says how partitions are indexed:
+
+    - ``partition`` (default): one HNSW index per partition, over its own key prefix, so the KNN
+      filter left inside a partition is the context fingerprint alone. Why: with one global index the
+      tenant filter keeps a middling share of the index (1/20 for 20 tenants), which is exactly where
+      the engine brute-forces the filtered subset; measured here at 100k entries that cost 14 ms p50
+      against 1.2 ms unfiltered (loadtests/bench_knn.py).
+    - ``shared``: one index over every partition, the partition's tags in the KNN prefilter: for
+      managed services that allow few indexes (ElastiCache: 10). One Redis only (docs/cluster.md).
+
+    Indexes of retired partitions are dropped (cache/partitions.py): a namespace's version bumped or
+    the namespace removed from the config, an admin purge by model, version or namespace, and the
+    least recently written partitions beyond ``redis.max_indexes``. Retirement is checked at start
+    and whenever a partition first appears, so replicas on an older config are swept up too.
     """
 
     def __init__(self, cfg: RedisConfig, dim: int, client: Redis | None = None, *, embedder_id: str = "") -> None:
@@ -143,34 +153,18 @@ class CacheStore:
         of another model."""
         self.cfg = cfg
         self.dim = dim
-        password = cfg.password()
-        # Lookups are held to their budget by the service (asyncio.timeout), so the sockets may wait
-        # longer: with a connect timeout of one lookup budget, a burst on a saturated loop failed
-        # the confirming PING too, and the cache switched off while Redis was fine.
-        timeouts = {"socket_connect_timeout": cfg.store_timeout_ms / 1000.0,
-                    "socket_timeout": cfg.store_timeout_ms / 1000.0}
-        # At most max_connections sockets: a caller beyond them waits for a free one (within its own
-        # budget, so a full pool reads as a timeout, never as an error that trips the breaker).
-        self.redis = client or Redis.from_pool(BlockingConnectionPool.from_url(
-            cfg.url, password=password, max_connections=cfg.max_connections,
-            timeout=cfg.store_timeout_ms / 1000.0, decode_responses=False, health_check_interval=0,
-            retry_on_timeout=False,
-            # One DriverInfo for the whole pool: without it redis-py reads its own package metadata
-            # for every new connection (~2 ms of CPU each), and a burst of 32 lookups on a cold pool
-            # overran the lookup budget on that alone (loadtests/README.md).
-            driver_info=DriverInfo(), **timeouts))
-        # The breaker's check runs in a thread on a blocking client of its own, so its verdict
-        # depends on Redis and the socket timeout, never on how busy the event loop is.
-        self._probe_client = redis.Redis.from_pool(redis.BlockingConnectionPool.from_url(
-            cfg.url, password=password, max_connections=2, timeout=cfg.store_timeout_ms / 1000.0,
-            driver_info=DriverInfo(), **timeouts))
+        self.topology = Topology(cfg, client)
+        self.redis = self.topology.data
         space = f"{dim}-{embedder_id}" if embedder_id else str(dim)
-        self.name_prefix = f"{cfg.index_prefix}-idx{space}-"
+        self.name_prefix = f"{cfg.index_prefix}-ix{space}-"
         self.key_prefix = f"{cfg.index_prefix}:e{space}:"
-        self._indexes: dict[str, AsyncSearchIndex] = {}
+        self.shared = cfg.index_layout == "shared"
+        self.registry = PartitionRegistry(self.redis, cfg.index_prefix, space)
+        self._indexes: dict[tuple[str, int], AsyncSearchIndex] = {}
         self._created: set[str] = set()
         self.generation_key = f"{cfg.index_prefix}:purge-generation"  # cache/invalidation.py
         self.purge_channel = f"{cfg.index_prefix}:purges"
+        self.live_versions: dict[str, str] | None = None  # namespace -> configured version (set_live_versions)
         self.hybrid_hint = cfg.knn_hybrid_policy != "none"  # off once a server rejects it (valkey-search)
 
     # -- partitions --------------------------------------------------------------------------
@@ -181,59 +175,140 @@ class CacheStore:
             raise ValueError(f"an entry needs every scoping tag; missing {missing}")
         return hashlib.sha256("\x1f".join(tags[t] for t in PARTITION_TAGS).encode()).hexdigest()[:16]
 
-    def _index(self, pid: str) -> AsyncSearchIndex:
-        index = self._indexes.get(pid)
+    def _slot_key(self, pid: str) -> str:
+        """The prefix of a partition's keys; its hash tag is the partition id."""
+        return f"{self.key_prefix}{{{pid}}}"
+
+    async def _index(self, pid: str) -> AsyncSearchIndex:
+        """The index a partition's entries are in, on the node that holds the partition's slot.
+
+        RediSearch on a cluster node treats an index name as a key (a name in another slot is
+        answered with MOVED), so a partition's index name carries the partition id as its hash tag.
+        The shared layout is for one Redis only (RedisConfig refuses it with ``cluster``)."""
+        client = await self.topology.search_client(self._slot_key(pid))
+        return self._index_on(client, SHARED if self.shared else f"{{{pid}}}")
+
+    def _index_on(self, client: Redis, name: str) -> AsyncSearchIndex:
+        index = self._indexes.get((name, id(client)))
         if index is None:
-            schema = schema_for(self.name_prefix + pid, self.key_prefix + pid, self.dim, self.cfg)
-            index = self._indexes[pid] = AsyncSearchIndex(schema, redis_client=self.redis)
+            prefix = self.key_prefix if name.startswith(SHARED) else self.key_prefix + name
+            schema = schema_for(self.name_prefix + name, prefix, self.dim, self.cfg)
+            index = self._indexes[(name, id(client))] = AsyncSearchIndex(schema, redis_client=client)
         return index
 
-    async def _ensure_partition(self, pid: str) -> None:
+    async def _ensure_partition(self, pid: str, tags: dict[str, str]) -> None:
         if pid in self._created:
-            return
-        index = self._index(pid)
+            if await self.registry.touch(pid):
+                return
+            self._created.discard(pid)  # another replica retired it
+        index = await self._index(pid)
+        created = False
         if not await index.exists():
+            if not self.shared:
+                await self._make_room()
             try:
                 await index.create(overwrite=False)
+                created = True
             except (ResponseError, RedisSearchError) as exc:  # another write (or replica) created it first
                 if "already exists" not in str(exc).lower():
                     raise
+        fresh = await self.registry.register(pid, tags, tag_value(tags["scope"]))
         self._created.add(pid)
+        if created or fresh:
+            await self.retire()
+
+    async def _make_room(self) -> None:
+        """Drop the least recently written partitions until a new index fits under max_indexes."""
+        known = await self.registry.all()  # oldest write first
+        excess = len(known) + 1 - self.cfg.max_indexes
+        if excess > 0:
+            await self._drop([p.pid for p in known[:excess]])
+
+    async def _searchable(self) -> list[AsyncSearchIndex]:
+        """Every index of this store that exists (on every node): what purge and count must ask."""
+        out = []
+        for client in await self.topology.search_clients():
+            for raw in await client.execute_command("FT._LIST"):
+                name = raw.decode() if isinstance(raw, bytes) else str(raw)
+                rest = name[len(self.name_prefix):]
+                if name.startswith(self.name_prefix) and rest.startswith(SHARED if self.shared else "{"):
+                    out.append(self._index_on(client, rest))
+        return out
 
     async def partitions(self) -> list[str]:
-        """Partition ids that have an index in Redis (all gateway replicas' included)."""
-        names = await self.redis.execute_command("FT._LIST")
-        out = []
-        for raw in names:
-            name = raw.decode() if isinstance(raw, bytes) else str(raw)
-            if name.startswith(self.name_prefix):
-                out.append(name[len(self.name_prefix):])
-        return out
+        """Ids of the registered partitions (all gateway replicas' included)."""
+        return [p.pid for p in await self.registry.all()]
 
     async def ensure_index(self) -> None:
         """Check that the server has vector search; partitions' indexes are created on first write.
 
         A restarted (empty) Redis has lost them: forget what we created so the next write recreates it.
         """
-        await self.partitions()
+        await self._searchable()
         self.forget_partitions()
 
     def forget_partitions(self) -> None:
         """Recreate each partition's index on its next write (after Redis may have restarted empty)."""
         self._created.clear()
+        self.registry.forget()
 
     def probe(self) -> None:
         """PING and FT._LIST, blocking (run it in a thread); raises if Redis or its search module
         does not answer within the store timeout."""
-        self._probe_client.ping()
-        self._probe_client.execute_command("FT._LIST")
+        self.topology.probe()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def set_live_versions(self, versions: dict[str, str]) -> None:
+        """The configured version of each namespace: partitions of any other (namespace, version)
+        are retired by :meth:`retire`."""
+        self.live_versions = dict(versions)
+
+    async def retire(self) -> list[str]:
+        """Drop the partitions whose namespace left the config or whose version is no longer the
+        configured one; their ids. Runs at start and whenever a new index is created."""
+        if self.live_versions is None:
+            return []
+        live = self.live_versions
+        gone = [p.pid for p in await self.registry.all() if live.get(p.namespace) != p.version]
+        await self._drop(gone)
+        return gone
+
+    async def _drop(self, pids: list[str]) -> int:
+        """Delete partitions with their entries and verdict windows; the number of entries deleted."""
+        total = 0
+        for pid in pids:
+            index = await self._index(pid)
+            if self.shared:
+                info = {p.pid: p for p in await self.registry.all()}.get(pid)
+                if info is not None:
+                    total += await self._delete_matching(index, _partition_filter(info))
+            else:
+                try:
+                    total += int((await index.info()).get("num_docs", 0))
+                    await index.delete(drop=True)
+                except (ResponseError, RedisSearchError) as exc:
+                    if not _missing_index(exc):
+                        raise
+            await self.redis.unlink(self.verdict_key(pid))
+            self._created.discard(pid)
+        await self.registry.remove(pids)
+        return total
 
     # -- entries -----------------------------------------------------------------------------
     def entry_id(self, tags: dict[str, str], exact_key: str) -> str:
         return f"{self.partition_of(tags)}:{exact_key}"
 
     def key(self, entry_id: str) -> str:
-        return self.key_prefix + entry_id
+        """``prefix{pid}:exact_key``: the partition id is the key's hash tag (one slot per partition)."""
+        pid, _, rest = entry_id.partition(":")
+        return f"{self._slot_key(pid)}:{rest}"
+
+    def _entry_of(self, key: str) -> str | None:
+        """The entry id of a key (None for a key that is not an entry of this store)."""
+        if not key.startswith(self.key_prefix + "{"):
+            return None
+        pid, sep, rest = key[len(self.key_prefix) + 1:].partition("}:")
+        return f"{pid}:{rest}" if sep else None
 
     async def get(self, entry_id: str) -> Entry | None:
         blob, created, query = await self.redis.hmget(self.key(entry_id), ["answer", "created", "query"])
@@ -244,21 +319,31 @@ class CacheStore:
     async def put(self, entry_id: str, *, answer: dict[str, Any], query: str, embedding: np.ndarray | None,
                   tags: dict[str, str], ttl_s: int, generation: int | None = None) -> bool:
         """Write an entry; with ``generation``, only if no purge was announced since (False: refused)."""
-        await self._ensure_partition(entry_id.split(":", 1)[0])  # purge and count find entries via it
+        await self._ensure_partition(entry_id.split(":", 1)[0], tags)  # purge and count find entries via it
         fields: dict[str, Any] = {"answer": encode_answer(answer), "query": query, "created": time.time(),
                                   **{name: tag_value(value) for name, value in tags.items()}}
         if embedding is not None:
             fields["embedding"] = np.asarray(embedding, dtype=np.float32).tobytes()
         key = self.key(entry_id)
-        if generation is not None:
+        if generation is not None and not self.topology.cluster:
             flat = [item for pair in fields.items() for item in pair]
             return bool(await self.redis.eval(_PUT_IF_GENERATION, 2, key, self.generation_key, str(generation),
                                               ttl_s, *flat))
+        if generation is not None and not await self._generation_is(generation):
+            return False
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(key, mapping=fields)
             pipe.expire(key, ttl_s)
             await pipe.execute()
+        # In a cluster the generation key lies in another slot than the entry, so no script can check
+        # both: a purge announced while the entry was written takes the entry back out.
+        if generation is not None and not await self._generation_is(generation):
+            await self.redis.unlink(key)
+            return False
         return True
+
+    async def _generation_is(self, generation: int) -> bool:
+        return int(await self.redis.get(self.generation_key) or 0) == generation
 
     async def knn(self, vector: np.ndarray, tags: dict[str, str], k: int, *, large: bool = False,
                   hybrid_policy: str | None = None) -> list[Neighbour]:
@@ -281,13 +366,15 @@ class CacheStore:
         query = VectorQuery(
             vector=np.asarray(vector, dtype=np.float32).tobytes(), vector_field_name="embedding",
             return_fields=["query", "created", "answer", "verdicts"],
-            filter_expression=scope_filter({"fingerprint": tags["fingerprint"]}),
+            filter_expression=scope_filter({t: tags[t] for t in SCOPE_TAGS} if self.shared
+                                           else {"fingerprint": tags["fingerprint"]}),
             num_results=k, hybrid_policy=hybrid_policy,
         )
         params = [item for pair in query.params.items() for item in pair]
+        index = await self._index(pid)
         try:
-            reply = await self.redis.execute_command(
-                "FT.SEARCH", self._index(pid).name, *query.get_args(), "PARAMS", len(params), *params)
+            reply = await index._redis_client.execute_command(
+                "FT.SEARCH", index.name, *query.get_args(), "PARAMS", len(params), *params)
         except ResponseError as exc:
             if _missing_index(exc):  # nothing stored in this partition yet (or Redis restarted)
                 self._created.discard(pid)
@@ -296,13 +383,13 @@ class CacheStore:
                 self.hybrid_hint = False
                 return await self.knn(vector, tags, k)
             raise
-        prefix = self.key_prefix
         out = []
         for key, fields in _search_rows(reply):
-            if not key.startswith(prefix) or b"answer" not in fields:
+            entry_id = self._entry_of(key)
+            if entry_id is None or b"answer" not in fields:
                 continue  # expired while the query ran
             out.append(Neighbour(
-                entry_id=key[len(prefix):],
+                entry_id=entry_id,
                 query=_text(fields.get(b"query")),
                 similarity=1.0 - float(fields[b"vector_distance"]),
                 created=float(fields.get(b"created") or 0.0),
@@ -325,8 +412,9 @@ class CacheStore:
             await pipe.execute()
 
     def verdict_key(self, pid: str) -> str:
-        """The partition's verdict window: outside the entries' prefix, so no index sees it."""
-        return f"{self.cfg.index_prefix}:verdicts{self.dim}:{pid}"
+        """The partition's verdict window: outside the entries' prefix, so no index sees it; in the
+        partition's slot, so one pipeline writes it with the entry."""
+        return f"{self.cfg.index_prefix}:verdicts{self.dim}:{{{pid}}}"
 
     async def partition_verdicts(self, pid: str) -> list[bytes]:
         return list(await self.redis.lrange(self.verdict_key(pid), 0, -1))
@@ -341,23 +429,31 @@ class CacheStore:
         return bool(done)
 
     # -- invalidation and stats --------------------------------------------------------------
-    async def purge(self, filters: FilterExpression | None, *, vector: np.ndarray | None = None,
+    async def purge(self, tags: dict[str, str] | None, *, vector: np.ndarray | None = None,
                     threshold: float | None = None) -> int:
-        """Delete every entry matching the filters (and, with ``vector``, within ``threshold`` cosine)."""
+        """Delete every entry matching the tags (and, with ``vector``, within ``threshold`` cosine).
+
+        A purge by namespace, model and/or version alone retires whole partitions: their indexes are
+        dropped with their entries, and no other partition is searched."""
+        if vector is None and tags and set(tags) <= set(LAYOUT_FIELDS):
+            return await self._drop([p.pid for p in await self.registry.all() if p.matches(tags)])
+        filters = scope_filter(tags or {}) or "*"
         total = 0
-        for pid in await self.partitions():
-            index = self._index(pid)
+        for index in await self._searchable():
             if vector is not None:
                 ids = await self._ids(index, VectorRangeQuery(
                     vector=np.asarray(vector, dtype=np.float32).tobytes(), vector_field_name="embedding",
                     distance_threshold=1.0 - float(threshold if threshold is not None else 0.9),
-                    filter_expression=filters or "*", return_fields=["created"], num_results=10_000))
-                if ids:
-                    total += await self.redis.unlink(*ids)
+                    filter_expression=filters, return_fields=["created"], num_results=10_000))
+                total += await self.topology.unlink(ids)
                 continue
-            while ids := await self._ids(index, FilterQuery(filters or "*", return_fields=["created"],
-                                                            num_results=10_000)):
-                total += await self.redis.unlink(*ids)
+            total += await self._delete_matching(index, filters)
+        return total
+
+    async def _delete_matching(self, index: AsyncSearchIndex, filters: FilterExpression | str) -> int:
+        total = 0
+        while ids := await self._ids(index, FilterQuery(filters, return_fields=["created"], num_results=10_000)):
+            total += await self.topology.unlink(ids)
         return total
 
     async def purge_key(self, exact_key: str) -> int:
@@ -370,18 +466,24 @@ class CacheStore:
     async def _ids(self, index: AsyncSearchIndex, query: Any) -> list[str]:
         return [row["id"] for row in await index.query(query)]
 
-    async def count(self, filters: FilterExpression | None = None) -> int:
+    async def count(self, tags: dict[str, str] | None = None) -> int:
+        filters = scope_filter(tags or {}) or "*"
         total = 0
-        for pid in await self.partitions():
-            total += int(await self._index(pid).query(CountQuery(filters or "*")))
+        for index in await self._searchable():
+            total += int(await index.query(CountQuery(filters)))
         return total
+
+    async def drop_all(self) -> None:
+        """Drop every index and entry of this store (tests and benchmarks)."""
+        await self._drop(await self.partitions())
+        for index in await self._searchable():
+            await index.delete(drop=True)
 
     async def ping(self) -> bool:
         return bool(await self.redis.ping())
 
     async def aclose(self) -> None:
-        await self.redis.aclose()
-        self._probe_client.close()
+        await self.topology.aclose()
 
 
 def _search_rows(reply: Any) -> list[tuple[str, dict[bytes, bytes]]]:
@@ -405,6 +507,12 @@ def tag_value(value: str) -> str:
     trim spaces, and redisvl turns an empty value into a wildcard; a hex digest has none of those
     traps, so equal digests mean equal values and nothing a client sends can widen a filter."""
     return hashlib.sha256(value.encode()).hexdigest()[:24]
+
+
+def _partition_filter(p: Partition) -> FilterExpression:
+    """The entries of one partition in the shared index (the registry keeps the scope's digest)."""
+    return (Tag("scope") == p.scope_digest) & (Tag("namespace") == tag_value(p.namespace)) \
+        & (Tag("model") == tag_value(p.model)) & (Tag("version") == tag_value(p.version))
 
 
 def scope_filter(tags: dict[str, str]) -> FilterExpression | None:

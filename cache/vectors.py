@@ -71,8 +71,8 @@ class VectorCache:
                 wanted.append(i)
         if not wanted:
             return found
-        redis = self.service.store.redis
-        blobs = await self.service.guarded(lambda: redis.mget([self._prefix + keys[i] for i in wanted]),
+        topology = self.service.store.topology
+        blobs = await self.service.guarded(lambda: topology.mget([self._prefix + keys[i] for i in wanted]),
                                            "vectors")
         for i, blob in zip(wanted, blobs or [], strict=False):
             if blob is None:

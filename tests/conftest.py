@@ -42,6 +42,25 @@ def redis_url() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
+def redis_cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Valkey + RediSearch cluster of three primaries (real processes), for the session."""
+    from serving.local.processes import form_cluster, free_port, valkey_child, wait_redis
+
+    log_dir = tmp_path_factory.mktemp("valkey-cluster")
+    ports = [free_port() for _ in range(3)]
+    children = [valkey_child(port, log_dir, cluster=True) for port in ports]
+    try:
+        for child, port in zip(children, ports, strict=True):
+            child.start()
+            wait_redis(child, port)
+        form_cluster(ports)
+        yield f"redis://127.0.0.1:{ports[0]}/0"
+    finally:
+        for child in children:
+            child.stop()
+
+
+@pytest.fixture(scope="session")
 def vllm_url() -> Iterator[str]:
     url = os.environ.get("CACHESTACK_TEST_VLLM_URL")
     if url:

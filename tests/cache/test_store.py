@@ -6,12 +6,13 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import numpy as np
 import pytest
 
 from cache.config import RedisConfig
-from cache.store import SCOPE_TAGS, CacheStore, decode_answer, encode_answer, scope_filter
+from cache.store import SCOPE_TAGS, CacheStore, decode_answer, encode_answer
 
 pytestmark = pytest.mark.e2e
 
@@ -43,13 +44,25 @@ def answer(text: str) -> dict:
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}]}
 
 
+@pytest.fixture(params=["standalone", "cluster", "shared"])
+def deployment(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """Every store test runs against one Valkey and a 3-node Valkey Cluster (partition layout), and
+    against one Valkey in the shared layout."""
+    cluster = request.param.startswith("cluster")
+    out: dict[str, Any] = ({"url": request.getfixturevalue("redis_cluster_url"), "cluster": True} if cluster
+                           else {"url": request.getfixturevalue("redis_url")})
+    if request.param.endswith("shared"):
+        out["index_layout"] = "shared"
+    return out
+
+
 @pytest.fixture
-async def make_store(redis_url: str) -> AsyncIterator[Callable[..., CacheStore]]:
+async def make_store(deployment: dict[str, Any]) -> AsyncIterator[Callable[..., CacheStore]]:
     made: list[CacheStore] = []
 
-    def make(prefix: str | None = None, dim: int = DIM, embedder_id: str = "") -> CacheStore:
-        cfg = RedisConfig(url=redis_url, index_prefix=prefix or f"t{uuid.uuid4().hex[:12]}",
-                          lookup_budget_ms=2000, store_timeout_ms=5000)
+    def make(prefix: str | None = None, dim: int = DIM, embedder_id: str = "", **over: Any) -> CacheStore:
+        cfg = RedisConfig(**deployment, index_prefix=prefix or f"t{uuid.uuid4().hex[:12]}",
+                          lookup_budget_ms=2000, store_timeout_ms=5000, **over)
         store = CacheStore(cfg, dim, embedder_id=embedder_id)
         made.append(store)
         return store
@@ -57,8 +70,7 @@ async def make_store(redis_url: str) -> AsyncIterator[Callable[..., CacheStore]]
     yield make
     for store in made:
         try:
-            for pid in await store.partitions():
-                await store._index(pid).delete(drop=True)
+            await store.drop_all()
         except Exception:
             pass
         await store.aclose()
@@ -129,7 +141,7 @@ async def test_dimension_whose_prefix_is_a_string_prefix_of_another(make_store) 
     await put(d4, "y", unit(1.0, dim=4), tags())
     assert await d4.count() == 1
     assert [h.entry_id.split(":", 1)[1] for h in await d4.knn(unit(1.0, dim=4), tags(), 5)] == ["y"]
-    assert await d4.purge(scope_filter(tags())) == 1
+    assert await d4.purge(tags()) == 1
     assert await d48.get(d48.entry_id(tags(), "x")) is not None
 
 
@@ -215,13 +227,21 @@ async def test_knn_orders_best_first_with_similarity(make_store) -> None:
 
 
 @pytest.mark.parametrize("protocol", [3, 2])
-async def test_knn_carries_each_neighbours_answer_intact(make_store, redis_url: str, protocol: int) -> None:
+async def test_knn_carries_each_neighbours_answer_intact(redis_url: str, protocol: int) -> None:
     """A semantic hit is served from the KNN reply itself, so the answers must come back byte-exact:
     a long one (stored zlib-compressed: binary) and a short one (raw JSON), over RESP3 and RESP2."""
     from redis.asyncio import Redis
 
-    s = make_store()
-    s.redis = Redis.from_url(redis_url, protocol=protocol)
+    cfg = RedisConfig(url=redis_url, index_prefix=f"t{uuid.uuid4().hex[:12]}", store_timeout_ms=5000)
+    s = CacheStore(cfg, DIM, client=Redis.from_url(redis_url, protocol=protocol))
+    try:
+        await _answers_intact(s)
+    finally:
+        await s.drop_all()
+        await s.aclose()
+
+
+async def _answers_intact(s: CacheStore) -> None:
     await s.ensure_index()
     long_text = "Paris is the capital of France. " * 60 + "\u00e9\u00e8 \U0001f600 \x00"
     await put(s, "long", at_cos(0.99), tags(), text=long_text)
@@ -284,9 +304,9 @@ async def test_tag_value_matches_exactly_itself(make_store, value: str) -> None:
     assert [h.entry_id.split(":", 1)[1] for h in hits] == ["target"]
     for n in others:
         assert "target" not in {h.entry_id.split(":", 1)[1] for h in await s.knn(E1, _all_tags(n), 50)}, n
-    assert await s.count(scope_filter({"tenant": value})) == 1
+    assert await s.count({"tenant": value}) == 1
     for n in others:
-        assert await s.purge(scope_filter({"tenant": n})) == 1, n
+        assert await s.purge({"tenant": n}) == 1, n
     assert await s.get(s.entry_id(_all_tags(value), "target")) is not None
 
 
@@ -298,7 +318,7 @@ async def test_injected_scope_does_not_reach_other_tenants(make_store, injection
         await put(s, who, E1, tags(scope=who))
     hits = await s.knn(E1, tags(scope=injection), 10)
     assert {h.entry_id.split(":", 1)[1] for h in hits} <= {injection}
-    assert await s.count(scope_filter(tags(scope=injection))) == (1 if injection == "a b" else 0)
+    assert await s.count(tags(scope=injection)) == (1 if injection == "a b" else 0)
 
 
 async def test_empty_tag_value_does_not_widen(make_store) -> None:
@@ -321,13 +341,13 @@ async def test_purge_by_tags(make_store) -> None:
         await put(s, f"b{i}", at_cos(0.9), tags(scope="b"), tenant="bob")
     await put(s, "a-other-ns", at_cos(0.9), tags(scope="a", namespace="faq"), tenant="alice")
     assert await s.count() == 7
-    assert await s.purge(scope_filter({"tenant": "alice", "namespace": "default"})) == 3
+    assert await s.purge({"tenant": "alice", "namespace": "default"}) == 3
     assert await s.count() == 4
     for i in range(3):
         assert await s.get(s.entry_id(tags(scope="a"), f"a{i}")) is None
         assert await s.get(s.entry_id(tags(scope="b"), f"b{i}")) is not None
     assert await s.get(s.entry_id(tags(scope="a", namespace="faq"), "a-other-ns")) is not None
-    assert await s.purge(scope_filter({"tenant": "nobody"})) == 0
+    assert await s.purge({"tenant": "nobody"}) == 0
     assert await s.count() == 4
 
 
@@ -349,7 +369,7 @@ async def test_purge_by_vector_and_threshold(make_store) -> None:
     for name, c in [("c99", 0.99), ("c96", 0.96), ("c90", 0.90), ("c50", 0.50)]:
         await put(s, name, at_cos(c), tags(), tenant="alice")
     await put(s, "bob99", at_cos(0.99), tags(scope="b"), tenant="bob")
-    n = await s.purge(scope_filter({"tenant": "alice"}), vector=E1, threshold=0.95)
+    n = await s.purge({"tenant": "alice"}, vector=E1, threshold=0.95)
     assert n == 2
     assert await s.get(s.entry_id(tags(), "c99")) is None and await s.get(s.entry_id(tags(), "c96")) is None
     assert await s.get(s.entry_id(tags(), "c90")) is not None and await s.get(s.entry_id(tags(), "c50")) is not None
@@ -370,7 +390,7 @@ async def test_partitions_by_scope_and_purge_reaches_exact_only_entries(make_sto
     await put(s, "exact-only", None, tags(scope="a", namespace="tools"), tenant="alice")
     await put(s, "other", E1, tags(scope="b"), tenant="bob")
     assert len(await s.partitions()) == 3  # (scope, namespace, model, version) each get an index
-    assert await s.purge(scope_filter({"tenant": "alice"})) == 2
+    assert await s.purge({"tenant": "alice"}) == 2
     assert await s.get(s.entry_id(tags(scope="a", namespace="tools"), "exact-only")) is None
     assert await s.get(s.entry_id(tags(scope="b"), "other")) is not None
 
@@ -401,3 +421,96 @@ async def test_concurrent_first_writes_to_a_partition_all_succeed(make_store) ->
                                      embedding=vec, tags=tags(), ttl_s=60)
                            for i, store in enumerate([s, first] * 4)))
     assert all([await s.get(s.entry_id(tags(), f"k{i}")) is not None for i in range(8)])
+
+
+# -- index lifecycle ---------------------------------------------------------------------------
+
+
+async def test_bumped_namespace_version_retires_its_partitions(make_store) -> None:
+    s = make_store()
+    await put(s, "old", E1, tags(version="1"))
+    await put(s, "other-ns", E1, tags(version="1", namespace="faq"))
+    await put(s, "new", E1, tags(version="2"))
+    assert len(await s.partitions()) == 3
+    s.set_live_versions({"default": "2", "faq": "1"})
+    retired = await s.retire()
+    assert retired == [s.partition_of(tags(version="1"))]
+    assert await s.get(s.entry_id(tags(version="1"), "old")) is None
+    assert await s.knn(E1, tags(version="1"), 5) == []
+    assert [h.entry_id.split(":", 1)[1] for h in await s.knn(E1, tags(version="2"), 5)] == ["new"]
+    assert await s.get(s.entry_id(tags(version="1", namespace="faq"), "other-ns")) is not None
+    assert sorted(await s.partitions()) == sorted([s.partition_of(tags(version="2")),
+                                                   s.partition_of(tags(version="1", namespace="faq"))])
+    s.set_live_versions({"default": "2"})  # faq left the config
+    assert await s.retire() == [s.partition_of(tags(version="1", namespace="faq"))]
+    assert await s.count() == 1
+
+
+async def test_a_new_index_retires_stale_partitions_another_replica_wrote(make_store) -> None:
+    prefix = f"t{uuid.uuid4().hex[:12]}"
+    old, new = make_store(prefix), make_store(prefix)
+    await put(old, "stale", E1, tags(version="1"))  # a replica still on the old config
+    new.set_live_versions({"default": "2"})
+    await put(new, "fresh", E1, tags(version="2"))  # its first write creates an index: a sweep
+    assert await new.get(new.entry_id(tags(version="1"), "stale")) is None
+    assert await new.partitions() == [new.partition_of(tags(version="2"))]
+
+
+async def test_index_count_is_bounded_least_recently_written_first(make_store) -> None:
+    s = make_store(max_indexes=2)
+    for who in ("a", "b"):
+        await put(s, who, E1, tags(scope=who))
+    await s.registry.redis.zadd(s.registry.used_key, {s.partition_of(tags(scope="a")): 1.0})  # a: written long ago
+    await put(s, "c", E1, tags(scope="c"))
+    if s.shared:  # one index whatever the number of partitions: nothing to bound
+        assert len(await s.partitions()) == 3 and await s.count() == 3
+        return
+    assert sorted(await s.partitions()) == sorted(s.partition_of(tags(scope=w)) for w in ("b", "c"))
+    assert await s.get(s.entry_id(tags(scope="a"), "a")) is None
+    assert len(await s._searchable()) == 2
+    assert [h.entry_id.split(":", 1)[1] for h in await s.knn(E1, tags(scope="b"), 5)] == ["b"]
+
+
+async def test_purge_by_model_drops_that_models_partitions_only(make_store) -> None:
+    s = make_store()
+    for who in ("a", "b"):
+        await put(s, f"{who}-m", E1, tags(scope=who, model="m"))
+        await put(s, f"{who}-m2", E1, tags(scope=who, model="m2"))
+    assert await s.purge({"model": "m"}) == 2
+    assert await s.count() == 2
+    assert await s.partitions() and all(
+        p.model == "m2" for p in await s.registry.all())
+    assert [h.entry_id.split(":", 1)[1] for h in await s.knn(E1, tags(scope="a", model="m2"), 5)] == ["a-m2"]
+    assert await s.knn(E1, tags(scope="a", model="m"), 5) == []
+    assert await s.purge({"model": "m", "version": "1"}) == 0
+    await put(s, "again", E1, tags(scope="a", model="m"))  # a retired partition comes back on write
+    assert [h.entry_id.split(":", 1)[1] for h in await s.knn(E1, tags(scope="a", model="m"), 5)] == ["again"]
+
+
+async def test_a_partition_lives_in_one_slot_and_its_index_on_that_node(make_store) -> None:
+    """What makes a lookup touch one shard: every key of a partition (entries, verdict window) hashes
+    to one slot, and the index that answers its KNN sits on the node that owns that slot."""
+    s = make_store()
+    for who in ("a", "b", "c", "d", "e", "f"):
+        await put(s, who, E1, tags(scope=who))
+    await s.add_verdict(s.entry_id(tags(scope="a"), "a"), b"\x01", keep_bytes=64, window=8, ttl_s=60)
+    if not s.cfg.cluster:
+        assert len({(await s._index(p)).name for p in await s.partitions()}) == (1 if s.shared else 6)
+        return
+    from redis.cluster import key_slot
+
+    owners = set()
+    for who in ("a", "b", "c", "d", "e", "f"):
+        pid = s.partition_of(tags(scope=who))
+        key = s.key(s.entry_id(tags(scope=who), who))
+        assert key_slot(key.encode()) == key_slot(s.verdict_key(pid).encode())
+        owner = s.redis.get_node_from_key(key)
+        owners.add(owner.name)
+        index = await s._index(pid)
+        # the index is reached on the slot's owner, and it finds the partition's entry there
+        assert index._redis_client.connection_pool.connection_kwargs["port"] == owner.port
+        assert [h.entry_id.split(":", 1)[1] for h in await s.knn(E1, tags(scope=who), 5)] == [who]
+    assert len(owners) > 1  # six partitions spread over the three shards
+    names = {n for c in await s.topology.search_clients() for n in await c.execute_command("FT._LIST")
+             if n.decode().startswith(s.name_prefix)}
+    assert len(names) == 6  # each index exists once, on its partition's node
