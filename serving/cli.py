@@ -1,4 +1,4 @@
-"""``cachestack``: serve, up, eval, calibrate, kv-plan, purge."""
+"""``cachestack``: serve, up, eval, calibrate, kv-plan, cache-plan, purge."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-COMMAND_MODULES = ("serve", "up", "evaluate", "kv_plan", "purge")
+COMMAND_MODULES = ("serve", "up", "evaluate", "kv_plan", "cache_plan", "purge")
 
 
 def build_parser() -> argparse.ArgumentParser:
