@@ -21,6 +21,14 @@ from redis.driver_info import DriverInfo
 from cache.config import RedisConfig
 
 
+def client_for(cfg: RedisConfig, **kwargs: Any) -> Redis | RedisCluster:
+    """A client of the configured deployment for keyed commands (a cluster client with ``cluster``):
+    what the gateway's other Redis users (single-flight, rate limits) connect with."""
+    if cfg.cluster:
+        return RedisCluster.from_url(cfg.url, password=cfg.password(), **kwargs)
+    return Redis.from_url(cfg.url, password=cfg.password(), **kwargs)
+
+
 class Topology:
     """The clients of one deployment: ``data`` for keyed commands, ``search_client`` for FT.*."""
 

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from functools import partial
 
 from fastapi import FastAPI
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from redisvl.exceptions import RedisVLError
 from starlette.exceptions import HTTPException
@@ -24,6 +23,7 @@ from cache.breaker import CircuitBreaker
 from cache.embedder import Embedder, MicroBatcher, embedder_from_config
 from cache.service import CacheService
 from cache.store import CacheStore
+from cache.topology import client_for
 from cache.vectors import VectorCache
 from serving import metrics
 from serving.auth import Authenticator
@@ -79,8 +79,7 @@ def build_flights(settings: Settings) -> ReplicaFlights:
     """Single-flight across replicas on its own Redis client: a follower's blocking XREAD must not
     wait for, or hold, a socket that lookups need."""
     r, rc = settings.redis, settings.cache.replicas
-    client = Redis.from_url(r.url, password=r.password(), socket_connect_timeout=r.store_timeout_ms / 1000.0,
-                            max_connections=r.max_connections)
+    client = client_for(r, socket_connect_timeout=r.store_timeout_ms / 1000.0, max_connections=r.max_connections)
     return ReplicaFlights(client, f"{r.index_prefix}", lease_ms=rc.flight_lease_ms, poll_ms=rc.flight_poll_ms,
                           max_wait_s=rc.flight_max_wait_s, op_timeout_s=r.lookup_budget_ms / 1000.0)
 
@@ -90,8 +89,8 @@ def build_limiter(settings: Settings) -> RateLimiter | None:
     rl, r = settings.rate_limits, settings.redis
     if all(t.requests_per_minute is None and t.tokens_per_minute is None for t in (rl.default, *rl.tenants.values())):
         return None
-    client = Redis.from_url(r.url, password=r.password(), socket_connect_timeout=r.lookup_budget_ms / 1000.0,
-                            socket_timeout=r.store_timeout_ms / 1000.0, max_connections=r.max_connections)
+    client = client_for(r, socket_connect_timeout=r.lookup_budget_ms / 1000.0,
+                        socket_timeout=r.store_timeout_ms / 1000.0, max_connections=r.max_connections)
     return RateLimiter(client, r.index_prefix, rl, timeout_s=r.lookup_budget_ms / 1000.0,
                        breaker=CircuitBreaker(retry_after_s=r.retry_after_s, trip_after_timeouts=r.trip_after_timeouts))
 

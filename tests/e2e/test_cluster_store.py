@@ -21,6 +21,12 @@ def gw(gateway_factory, vllm_url, redis_cluster_url):
                            auth={"admin_key_sha256": hashlib.sha256(ADMIN.encode()).hexdigest()})
 
 
+def flights(event: str) -> float:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value("cachestack_flights_total", {"event": event}) or 0.0
+
+
 def ask(gw, question: str) -> httpx.Response:
     body = {"model": MODEL, "temperature": 0, "max_tokens": 24, "messages": [{"role": "user", "content": question}]}
     r = httpx.post(gw.url + "/v1/chat/completions", json=body, timeout=60)
@@ -31,6 +37,7 @@ def ask(gw, question: str) -> httpx.Response:
 
 def test_hits_and_purge_on_a_cluster(gw):
     assert httpx.get(gw.url + "/ready").json()["cache"] == "ok"
+    alone, leader = flights("alone"), flights("leader")
     first = ask(gw, "What is the capital of France?")
     assert first.headers["x-cache"] == "MISS"
     again = ask(gw, "What is the capital of France?")
@@ -44,3 +51,5 @@ def test_hits_and_purge_on_a_cluster(gw):
                    headers={"authorization": f"Bearer {ADMIN}"})
     assert r.status_code == 200 and r.json()["purged"] == 1, r.text
     assert ask(gw, "What is the capital of France?").headers["x-cache"] == "MISS"  # L1 cleared too
+    # the misses took their single-flight lease in the cluster; none fell back to leading alone
+    assert flights("leader") >= leader + 2 and flights("alone") == alone
