@@ -64,6 +64,7 @@ class Result:
     cache_outcomes: dict[str, int] = field(default_factory=dict)
     samples: list[Sample] = field(default_factory=list)
     after_warmup: dict[str, float] = field(default_factory=dict)
+    upstream_errors: dict[str, float] = field(default_factory=dict)  # the gateway's, by code, at the end
 
 
 def _loopback(url: str) -> str:
@@ -175,6 +176,11 @@ async def drive(url: str, pid: int, redis_url: str, *, duration_s: float, rate: 
         if outstanding:
             await asyncio.wait(outstanding)
         await asyncio.sleep(sample_s)  # one sample after the last answer
+        async with http.get(url + "/metrics") as m:  # what the client's 5xx were, from the gateway's side
+            for line in (await m.text()).splitlines():
+                if line.startswith("cachestack_upstream_errors_total{"):
+                    labels, value = line.rsplit(" ", 1)
+                    res.upstream_errors[labels.split('code="', 1)[1].split('"', 1)[0]] = float(value)
         sampling.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await sampling
@@ -230,7 +236,7 @@ def local_stack(vllm_url: str | None, redis_url: str | None) -> Iterator[tuple[s
 def report(res: Result) -> None:
     g = res.after_warmup
     print(f"soak: {res.sent} requests at {res.rate:g}/s over {res.duration_s:g} s, ok {res.ok}, errors {res.errors or 0}")
-    print(f"  cache outcomes {res.cache_outcomes}")
+    print(f"  cache outcomes {res.cache_outcomes}; gateway's upstream errors {res.upstream_errors or 0}")
     for kind, s in res.latency_ms.items():
         print(f"  {kind:<11} n={s['n']:<6} p50={s['p50']:8.1f} ms  p99={s['p99']:8.1f} ms")
     print(f"  after {res.warmup_s:g} s warm-up: RSS {g['rss_start_mb']} -> {g['rss_end_mb']} MB "
