@@ -34,6 +34,7 @@ from cache.config import CacheConfig
 from cache.decision import Candidate, Decision, DecisionRule, RuleSettings, decide_each, resolve_settings
 from cache.embedder import MicroBatcher
 from cache.invalidation import PurgeWatch
+from cache.shared_counts import SharedCounts
 from cache.keys import normalise_query
 from cache.l1 import L1Cache
 from cache.policy import CacheControl, CachePlan, Caller, make_plan
@@ -128,7 +129,8 @@ class CacheService:
             heartbeat_s=rc.heartbeat_ms / 1000.0, max_silence_s=rc.max_silence_ms / 1000.0)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._background: dict[str, int] = {"store": 0, "shadow": 0}
-        self._shadow_counts: dict[tuple[str, bool], int] = {}
+        self.counts = SharedCounts(store.redis, store.cfg.index_prefix, flush_s=rc.stats_flush_s,
+                                   timeout_s=store.cfg.store_timeout_ms / 1000.0, on_flush=_shadow_rates)
         self.verdicts = VerdictBook(store, cosine_scores=getattr(rule, "verifier", None) is None,
                                     timeout_s=store.cfg.store_timeout_ms / 1000.0)
         self._background_judge: BackgroundJudge | None = None
@@ -207,6 +209,7 @@ class CacheService:
         listening for purges (cache/invalidation.py), and in the background drops the partitions of
         namespace versions the config no longer has."""
         ok = await self._start_check()
+        self.counts.start()
         if ok:
             await self.watch.start(self.store.cfg.store_timeout_ms / 1000.0)
             # not one of the capped background stores: it must not take an answer's place
@@ -269,6 +272,7 @@ class CacheService:
             metrics.LOOKUP_SECONDS.labels(outcome).observe(time.perf_counter() - started)
             layer = result.hit.layer if result.hit else ("semantic" if plan.semantic else "exact")
             metrics.REQUESTS.labels(outcome, layer, plan.namespace).inc()
+            self.counts.add(f"lookup:{outcome}:{layer}")
             if result.hit:
                 self._count_savings(plan.model, result.hit.answer)
         return result
@@ -553,6 +557,7 @@ class CacheService:
             metrics.STORES.labels(plan.namespace, "purged").inc()
             return False
         metrics.STORES.labels(plan.namespace, "stored").inc()
+        self.counts.add("stored")
         return True
 
     # -- shadow mode -------------------------------------------------------------------------
@@ -578,11 +583,8 @@ class CacheService:
         if plan.settings.adaptive and hit.score is not None:
             await self.verdicts.record(hit.entry_id, hit.score, agree, ttl_s=plan.settings.ttl_s, source="answers")
         metrics.SHADOW.labels(plan.namespace, str(agree).lower()).inc()
-        key = (plan.namespace, agree)
-        self._shadow_counts[key] = self._shadow_counts.get(key, 0) + 1
-        yes = self._shadow_counts.get((plan.namespace, True), 0)
-        no = self._shadow_counts.get((plan.namespace, False), 0)
-        metrics.SHADOW_FALSE_HIT_RATE.labels(plan.namespace).set(no / (yes + no))
+        # the false-hit estimate is the fleet's: the gauge is set from the shared totals at each flush
+        self.counts.add(f"shadow:{plan.namespace}:{'agree' if agree else 'disagree'}")
 
     # -- invalidation ------------------------------------------------------------------------
     async def purge(self, *, tags: Mapping[str, str], key: str | None = None, similar_to: str | None = None,
@@ -597,9 +599,15 @@ class CacheService:
         return await self.store.purge(dict(tags), vector=vector, threshold=threshold)
 
     async def stats(self) -> dict[str, Any]:
+        """Entries and partitions (in Redis, every replica's), the fleet's counted lookups, stores and
+        shadow checks (cache/shared_counts.py), and this replica's L1."""
+        totals, replicas = await self.counts.totals()
+        lookups = {k.split(":", 1)[1]: v for k, v in totals.items() if k.startswith("lookup:")}
         return {"entries": await self.store.count(), "partitions": len(await self.store.partitions()),
-                "l1_entries": len(self.l1), "l1_bytes": self.l1.bytes,
-                "store": "degraded" if self.degraded else "ok"}
+                "store": "degraded" if self.degraded else "ok",
+                "fleet": {"replicas": replicas, "lookups": lookups, "stored": totals.get("stored", 0),
+                          "shadow": shadow_estimates(totals)},
+                "replica": {"l1_entries": len(self.l1), "l1_bytes": self.l1.bytes}}
 
     async def drain(self) -> None:
         """Wait for background stores, shadow checks, judge runs and breaker checks (shutdown, tests)."""
@@ -615,7 +623,25 @@ class CacheService:
         if self._background_judge is not None:
             await self._background_judge.aclose()
         await self.watch.aclose()
+        await self.counts.aclose()
         await self.store.aclose()
+
+
+def shadow_estimates(totals: Mapping[str, int]) -> dict[str, dict[str, float]]:
+    """Per namespace: shadow checks that agreed, disagreed, and the false-hit estimate they give."""
+    out: dict[str, dict[str, float]] = {}
+    for field, n in totals.items():
+        if field.startswith("shadow:"):
+            _, ns, verdict = field.split(":", 2)
+            out.setdefault(ns, {"agree": 0, "disagree": 0})[verdict] = n
+    for counts in out.values():
+        counts["false_hit_rate"] = counts["disagree"] / max(1, counts["agree"] + counts["disagree"])
+    return out
+
+
+def _shadow_rates(totals: Mapping[str, int]) -> None:
+    for ns, est in shadow_estimates(totals).items():
+        metrics.SHADOW_FALSE_HIT_RATE.labels(ns).set(est["false_hit_rate"])
 
 
 def _owner(plan: CachePlan) -> dict[str, str]:
