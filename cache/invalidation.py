@@ -42,6 +42,9 @@ class PurgeWatch:
         self._heard = float("-inf")
         self._task: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
+        # how long without a pong before reconnecting: generous, since a busy event loop delays pongs
+        # (the L1 is already off after max_silence_s; a reconnect also stops stores until it is back)
+        self.patience_s = max(max_silence_s * 10, 5.0)
 
     def live(self) -> bool:
         """May the L1 answer? Only while Redis was heard within ``max_silence_s``."""
@@ -85,7 +88,7 @@ class PurgeWatch:
     async def _session(self) -> None:
         pubsub = self.client.pubsub()
         try:
-            async with asyncio.timeout(self.max_silence_s * 4):
+            async with asyncio.timeout(self.patience_s):
                 await pubsub.subscribe(self.channel)
                 # read after subscribing: a purge in between is seen either here or as a message
                 current = int(await self.client.get(self.generation_key) or 0)
@@ -96,7 +99,7 @@ class PurgeWatch:
             next_ping = time.monotonic()
             while True:
                 now = time.monotonic()
-                if now - self._heard > self.max_silence_s * 4:
+                if now - self._heard > self.patience_s:
                     raise TimeoutError("no pong from Redis")
                 if now >= next_ping:
                     await pubsub.ping()
