@@ -31,12 +31,15 @@ from locust.runners import MasterRunner, WorkerRunner
 from locust.user.wait_time import constant_throughput
 
 from loadtests.workload.client import send_json, send_stream
+from loadtests.workload import gateway_metrics
+from loadtests.workload.distributed import MasterMerger, WorkerShipper, tolerate_stalls
 from loadtests.workload.pool import DEFAULT_POOL, Pool, ZipfSampler, load_pairs, load_pool
 from loadtests.workload.report import format_summary, write_report
 from loadtests.workload.samples import Collector
 from loadtests.workload.scenarios import SCENARIOS, WARM_RUN_ID, Settings, Workload, run_seed
 
 COLLECTOR = Collector()
+MERGER: MasterMerger | None = None
 
 
 @events.init_command_line_parser.add_listener
@@ -61,6 +64,8 @@ def _options(parser: Any) -> None:
     g.add_argument("--max-tokens", type=int, default=64)
     g.add_argument("--max-false-hit-rate", type=float, default=0.01, help="fail the run above this")
     g.add_argument("--max-failures", type=int, default=0, help="fail the run with more failed requests")
+    g.add_argument("--worker-silence-s", type=int, default=30, include_in_web_ui=False,
+                   help="master: seconds without a heartbeat before a worker counts as missing (locust: 3)")
 
 
 def _opts(environment: Any) -> Any:
@@ -81,17 +86,17 @@ def _init(environment: Any, **_: Any) -> None:
     opts = _opts(environment)
     if opts is None:
         return
+    global MERGER
     if isinstance(environment.runner, WorkerRunner):
-        environment.events.report_to_master.add_listener(
-            lambda client_id, data: data.__setitem__("cachestack_samples", COLLECTOR.drain()))
+        WorkerShipper(environment, COLLECTOR)
         return
     # master or single process: these become part of the options sent to workers with every spawn
     opts.run_id = opts.run_id or time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
     opts.cache_seed = run_seed(WARM_RUN_ID if opts.warm else opts.run_id)
     opts.total_users = opts.num_users or 1
     if isinstance(environment.runner, MasterRunner):
-        environment.events.worker_report.add_listener(
-            lambda client_id, data: COLLECTOR.merge(data.get("cachestack_samples") or []))
+        MERGER = MasterMerger(environment, COLLECTOR)
+        tolerate_stalls(opts.worker_silence_s)
 
 
 @events.test_start.add_listener
@@ -99,6 +104,7 @@ def _test_start(environment: Any, **_: Any) -> None:
     if not isinstance(environment.runner, WorkerRunner):
         COLLECTOR.reset()
         environment.cachestack_started = time.time()
+        environment.cachestack_counters = gateway_metrics.scrape(environment.host or "")
 
 
 @events.quitting.add_listener
@@ -109,7 +115,11 @@ def _quitting(environment: Any, **_: Any) -> None:
     out = Path(opts.summary_dir) if opts.summary_dir else REPO / "loadtests" / "out" / opts.run_id
     started = getattr(environment, "cachestack_started", None)
     doc, problems = write_report(environment, COLLECTOR.samples, out, opts, pool_for(opts) if _needs_pool(opts) else None,
-                                 time.time() - started if started else None)
+                                 time.time() - started if started else None,
+                                 {**(MERGER.meta() if MERGER is not None else {"workers": 0}),
+                                  "gateway_counters": gateway_metrics.delta(
+                                      getattr(environment, "cachestack_counters", None),
+                                      gateway_metrics.scrape(environment.host or ""))})
     print(format_summary(doc))
     print(f"cachestack: summary in {out}/summary.json; {'PASSED' if not problems else 'FAILED: ' + '; '.join(problems)}")
     environment.process_exit_code = 1 if problems else 0

@@ -38,7 +38,19 @@ def _sample(req: Request, t: float, ms: float, cache: str, layer: str, error: st
     return Sample(t, req.kind, cache, layer, ms, error, req.intent, answer_signature(text, usage) if text else "",
                   finish, int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0),
                   int((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0),
-                  control=req.control, **extra)
+                  control=req.control, paraphrase=req.paraphrase, **extra)
+
+
+def _error(r: Any) -> str:
+    """``http_<status>[:<code>]`` with the OpenAI error's code when the body has one (502 alone does not
+    say whether the upstream was unreachable or answered with an error); the exception type otherwise."""
+    if not r.status_code:
+        return type(r.error).__name__ if r.error else "connection"
+    try:
+        code = (r.json().get("error") or {}).get("code")
+    except (ValueError, AttributeError, TypeError, OSError):
+        code = None
+    return f"http_{r.status_code}:{code}" if isinstance(code, str) and code else f"http_{r.status_code}"
 
 
 def send_json(user: FastHttpUser, req: Request) -> tuple[Sample, str]:
@@ -50,7 +62,7 @@ def send_json(user: FastHttpUser, req: Request) -> tuple[Sample, str]:
         r.request_meta["name"] = _name(req, cache, layer)
         ms = r.request_meta["response_time"]
         if r.status_code != 200:
-            error = f"http_{r.status_code}" if r.status_code else type(r.error).__name__ if r.error else "connection"
+            error = _error(r)
             r.failure(error)
             return _sample(req, t, ms, cache, "", error), ""
         try:
@@ -79,7 +91,7 @@ def send_stream(user: FastHttpUser, req: Request) -> tuple[Sample, str]:
         layer = cache_layer(r.headers) if cache == "HIT" else ""
         r.request_meta["name"] = _name(req, cache, layer)
         if r.status_code != 200:
-            error = f"http_{r.status_code}" if r.status_code else type(r.error).__name__ if r.error else "connection"
+            error = _error(r)
             r.failure(error)
             return _sample(req, t, r.request_meta["response_time"], cache, "", error), ""
         parts: list[str] = []

@@ -40,8 +40,9 @@ def _locust_files(environment: Any, out: Path) -> None:
 
 
 def write_report(environment: Any, samples: list[Sample], out: Path, opts: Any, pool: Pool | None,
-                 duration_s: float | None) -> tuple[dict[str, Any], list[str]]:
-    """Summarise, check the thresholds, write every file; returns the summary and its violations."""
+                 duration_s: float | None, extra_meta: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """Summarise, check the thresholds, write every file; returns the summary and its violations.
+    ``extra_meta``: how many workers' samples were merged (``MasterMerger.meta``), the gateway's counters."""
     out.mkdir(parents=True, exist_ok=True)
     meta = {
         "run_id": opts.run_id, "scenario": opts.scenario, "host": environment.host, "users": opts.total_users,
@@ -49,7 +50,7 @@ def write_report(environment: Any, samples: list[Sample], out: Path, opts: Any, 
         "pool": (opts.pairs or opts.pool) if pool is not None else None,
         "intents": len(pool.intents) if pool is not None else None,
         "ended_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "loadtest_commit": _commit(),
-        "workers": len(environment.runner.clients) if hasattr(environment.runner, "clients") else 0,
+        **extra_meta,
         "load_average_at_end": [round(x, 1) for x in os.getloadavg()],  # a shared machine: how busy it was
     }
     near = {i.id: i.near_misses for i in pool.intents} if pool is not None else None

@@ -28,6 +28,7 @@ class Sample(NamedTuple):
     ttft_ms: float | None = None  # streams: time to the first content chunk
     tpot_ms: float | None = None  # streams: mean time between content chunks after the first
     control: str = ""  # the Cache-Control sent, or "sampled" for a temperature > 0 request
+    paraphrase: int = -1  # index of the paraphrase asked within its intent (-1: no intent)
 
 
 def answer_signature(text: str, usage: dict[str, Any] | None) -> str:

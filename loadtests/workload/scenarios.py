@@ -91,6 +91,7 @@ class Request:
     headers: dict[str, str] = field(default_factory=dict)
     intent: str = ""
     control: str = ""
+    paraphrase: int = -1  # which of the intent's paraphrases was asked
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,13 +132,14 @@ class Workload:
     def _headers(self) -> dict[str, str]:
         return {"x-cache-namespace": self.s.namespace} if self.s.namespace else {}
 
-    def _intent(self) -> tuple[Intent, str]:
+    def _intent(self) -> tuple[Intent, int]:
         assert self.sampler is not None, "this scenario needs a question pool"
         intent = self.sampler.draw(self.rng)
-        return intent, self.rng.choice(intent.paraphrases)
+        return intent, self.rng.randrange(len(intent.paraphrases))
 
     def faq(self) -> Request:
-        intent, question = self._intent()
+        intent, k = self._intent()
+        question = intent.paraphrases[k]
         body = self._base(stop=["\n"], messages=[{"role": "system", "content": SYSTEM_FAQ},
                                                   {"role": "user", "content": question}])
         headers, control = self._headers(), ""
@@ -153,12 +155,12 @@ class Workload:
             if control in ("no-cache", "no-store"):
                 headers["cache-control"] = control
         # a sampled answer is one draw: it says nothing about which entry a hit came from
-        return Request("faq", "/v1/chat/completions", body, headers, "" if control == "sampled" else intent.id, control)
+        return Request("faq", "/v1/chat/completions", body, headers, "" if control == "sampled" else intent.id, control, k)
 
     def completion(self) -> Request:
-        intent, question = self._intent()
-        body = self._base(stop=["\n"], prompt=f"Customer question: {question}\nSupport answer:")
-        return Request("completion", "/v1/completions", body, self._headers(), intent.id)
+        intent, k = self._intent()
+        body = self._base(stop=["\n"], prompt=f"Customer question: {intent.paraphrases[k]}\nSupport answer:")
+        return Request("completion", "/v1/completions", body, self._headers(), intent.id, paraphrase=k)
 
     def shared_prefix(self) -> Request:
         question = self.rng.choice(SHARED_PREFIX_QUESTIONS)

@@ -84,6 +84,60 @@ def false_hits(samples: Iterable[Sample], near_misses: Mapping[str, Iterable[str
     }
 
 
+def _outcome(s: Sample) -> str:
+    return s.layer if s.cache == "HIT" else s.cache
+
+
+def repeats(samples: Iterable[Sample]) -> dict[str, dict[str, int]]:
+    """Labelled requests by what the cache could already hold when each started, and what it answered.
+
+    ``new_intent``: no miss of that intent (same kind of request) had come back yet, so only a cold
+    miss (or a hit on another intent's entry) was possible; ``same_question``: that very paraphrase had
+    come back as a miss, so an exact hit was due; ``other_paraphrase``: another paraphrase of the intent
+    had, which only a semantic hit can answer: its semantic / MISS counts are the decision rule's recall
+    on this workload. Answers sent with no-store or sampled are not stored, so they do not count as held.
+    """
+    labelled = sorted((s for s in samples if s.intent and not s.error), key=lambda s: s.t)
+    stored = sorted(((s.t + s.ms / 1000, s.kind, s.intent, s.paraphrase) for s in labelled
+                     if s.cache == "MISS" and s.control not in ("no-store", "sampled")))
+    held_intents: set[tuple[str, str]] = set()
+    held_questions: set[tuple[str, str, int]] = set()
+    out: dict[str, Counter[str]] = {"new_intent": Counter(), "same_question": Counter(), "other_paraphrase": Counter()}
+    i = 0
+    for s in labelled:
+        while i < len(stored) and stored[i][0] <= s.t:
+            _, kind, intent, k = stored[i]
+            held_intents.add((kind, intent))
+            held_questions.add((kind, intent, k))
+            i += 1
+        if (s.kind, s.intent, s.paraphrase) in held_questions:
+            group = "same_question"
+        elif (s.kind, s.intent) in held_intents:
+            group = "other_paraphrase"
+        else:
+            group = "new_intent"
+        out[group][_outcome(s)] += 1
+        out[group]["requests"] += 1
+    return {k: dict(v.most_common()) for k, v in out.items()}
+
+
+def halves(samples: list[Sample]) -> dict[str, dict[str, float]]:
+    """Hit rate and tokens avoided in the first and the second half of the run (by start time): how
+    much of the run the cold cache took."""
+    ok = sorted((s for s in samples if not s.error), key=lambda s: s.t)
+    if not ok:
+        return {}
+    mid = (ok[0].t + ok[-1].t) / 2
+    out = {}
+    for name, part in (("first", [s for s in ok if s.t < mid]), ("second", [s for s in ok if s.t >= mid])):
+        tokens = sum(s.prompt_tokens + s.completion_tokens for s in part)
+        avoided = sum(s.prompt_tokens + s.completion_tokens for s in part if s.cache == "HIT")
+        out[name] = {"requests": len(part), "misses": sum(s.cache == "MISS" for s in part),
+                     "hit_rate": round(sum(s.cache == "HIT" for s in part) / len(part), 4) if part else 0.0,
+                     "upstream_tokens_avoided_fraction": round(avoided / tokens, 4) if tokens else 0.0}
+    return out
+
+
 def summarise(samples: list[Sample], *, duration_s: float | None = None,
               near_misses: Mapping[str, Iterable[str]] | None = None, meta: Mapping[str, Any] | None = None
               ) -> dict[str, Any]:
@@ -149,6 +203,8 @@ def summarise(samples: list[Sample], *, duration_s: float | None = None,
         "by_kind": {k: {"requests": n, "hit_rate": round(sum(1 for s in hits if s.kind == k) / n, 4)}
                     for k, n in sorted(kinds.items())},
         "controls": dict(Counter(s.control for s in samples if s.control)),
+        "repeats": repeats(samples),
+        "halves": halves(samples),
     }
     return doc
 

@@ -13,7 +13,7 @@ from cache.policy import Caller, make_plan
 from loadtests.workload.pool import DEFAULT_POOL, ZipfSampler, load_pairs, load_pool
 from loadtests.workload.samples import Collector, Sample, answer_signature, cache_layer
 from loadtests.workload.scenarios import SCENARIOS, Settings, Workload, run_seed
-from loadtests.workload.summary import check, false_hits, summarise
+from loadtests.workload.summary import check, false_hits, halves, repeats, summarise
 
 
 def test_shipped_pool_has_300_labelled_intents_with_paraphrases_and_near_misses():
@@ -134,6 +134,27 @@ def test_summary_fields_and_thresholds():
     assert check(doc) == ["1 failed requests (allowed 0): {'http_503': 1}"]
     assert check(doc, max_failures=1) == []
     assert any("false-hit rate" in p for p in check({**doc, "failures": 0, "false_hit_rate": 0.05}))
+
+
+def test_repeats_say_what_the_cache_could_hold_when_each_request_started():
+    samples = [
+        _s("MISS", "", "a", "x", t=0.0, ms=1000, paraphrase=0),  # back at t=1
+        _s("MISS", "", "a", "x", t=0.5, ms=900, paraphrase=0),  # asked while the first was in flight: cold
+        _s("HIT", "l1", "a", "x", t=2.0, paraphrase=0),
+        _s("HIT", "semantic", "a", "x", t=3.0, paraphrase=1),
+        _s("MISS", "", "a", "y", t=4.0, ms=500, paraphrase=2),
+        _s("MISS", "", "b", "z", t=0.0, ms=100, paraphrase=0, control="no-store"),  # not stored
+        _s("MISS", "", "b", "z", t=1.0, ms=100, paraphrase=0),
+        _s("", "", "b", "", t=5.0, error="http_502", paraphrase=0),  # failed: left out
+    ]
+    assert repeats(samples) == {
+        "new_intent": {"requests": 4, "MISS": 4},
+        "same_question": {"requests": 1, "l1": 1},
+        "other_paraphrase": {"requests": 2, "semantic": 1, "MISS": 1},
+    }
+    h = halves(samples)
+    assert h["first"] == {"requests": 4, "misses": 4, "hit_rate": 0.0, "upstream_tokens_avoided_fraction": 0.0}
+    assert h["second"]["hit_rate"] == 0.6667 and h["second"]["upstream_tokens_avoided_fraction"] == 0.6667
 
 
 def test_collector_ships_only_new_samples():
