@@ -98,8 +98,8 @@ def repeats(samples: Iterable[Sample]) -> dict[str, dict[str, int]]:
     on this workload. Answers sent with no-store or sampled are not stored, so they do not count as held.
     """
     labelled = sorted((s for s in samples if s.intent and not s.error), key=lambda s: s.t)
-    stored = sorted(((s.t + s.ms / 1000, s.kind, s.intent, s.paraphrase) for s in labelled
-                     if s.cache == "MISS" and s.control not in ("no-store", "sampled")))
+    stored = sorted((s.t + s.ms / 1000, s.kind, s.intent, s.paraphrase) for s in labelled
+                    if s.cache == "MISS" and s.control not in ("no-store", "sampled"))
     held_intents: set[tuple[str, str]] = set()
     held_questions: set[tuple[str, str, int]] = set()
     out: dict[str, Counter[str]] = {"new_intent": Counter(), "same_question": Counter(), "other_paraphrase": Counter()}

@@ -47,7 +47,7 @@ def test_faq_with_two_workers_merges_on_the_master(gateway_factory, vllm_url, re
     # a steep Zipf (the top intent is asked ~80% of the time) so that a short run must hit; --stop-timeout:
     # the master asks the workers to stop and waits for their final reports (in-flight requests finish)
     run = locust(gw.url, tmp_path, "--scenario", "faq", "--processes", "2", "-u", "4", "-r", "4", "-t", "30s",
-                 "--stop-timeout", "30", "--zipf-s", "3", "--max-tokens", "16")
+                 "--stop-timeout", "20", "--zipf-s", "3", "--max-tokens", "16")
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     doc = json.loads((tmp_path / "summary.json").read_text())
     # both workers sent samples, and each one's final report (after its users stopped) reached the master
@@ -64,7 +64,8 @@ def test_faq_with_two_workers_merges_on_the_master(gateway_factory, vllm_url, re
 def test_a_failing_threshold_fails_the_run(gateway_factory, tmp_path):
     """No Redis and no upstream behind this gateway: every request fails, so the run must exit non-zero."""
     gw = gateway_factory("http://127.0.0.1:9", None)
-    run = locust(gw.url, tmp_path, "--scenario", "faq", "-u", "2", "-r", "2", "-t", "5s")
+    # --stop-timeout: on a loaded machine a request may still be in flight at 5 s; it must count
+    run = locust(gw.url, tmp_path, "--scenario", "faq", "-u", "2", "-r", "2", "-t", "5s", "--stop-timeout", "20")
     assert run.returncode == 1, run.stdout[-2000:]
     doc = json.loads((tmp_path / "summary.json").read_text())
     assert doc["failures"] > 0 and not doc["thresholds"]["passed"]
