@@ -21,7 +21,11 @@ In = TypeVar("In")
 Out = TypeVar("Out")
 
 
-class Busy(RuntimeError):
+class Unavailable(RuntimeError):
+    """This stage cannot give a result now: a caller that can do without it goes on without it."""
+
+
+class Busy(Unavailable):
     """More than ``max_waiting`` callers are already waiting for this stage."""
 
 

@@ -64,10 +64,35 @@ class RedisConfig(Strict):
         return self
 
 
+class RemoteEncoderConfig(Strict):
+    """A vLLM embedding deployment (``--runner pooling``) that embeds for the cache (cache/vllm_encoder.py)."""
+
+    url: str = Field(description="its base URL, e.g. http://cachestack-embedder:8000")
+    model: str | None = Field(None, description="its served model name; None: embedder.model's last path part")
+    api_key_file: str | None = Field(None, description="file holding the key the deployment expects, if any")
+    timeout_ms: float = Field(
+        150.0, gt=0, description="one embedding call; slower is a failure (the lookup goes on without it). "
+        "Must stay below cache.lookup_deadline_ms")
+    same_weights: bool = Field(
+        True, description="the deployment serves embedder.model's own folder: its vectors share the in-process "
+        "path's indexes (equal cosines to 1e-3, tests/e2e/test_vllm_embedder.py); false: other weights, a "
+        "vector space and indexes of their own")
+    retry_after_s: float = Field(2.0, gt=0, description="an error (refused, 5xx, bad answer) skips it this long")
+    trip_after_timeouts: int = Field(3, ge=1, description="consecutive timeouts that skip it like an error")
+
+    @model_validator(mode="after")
+    def _http_url(self) -> RemoteEncoderConfig:
+        if not self.url.startswith(("http://", "https://")):
+            raise ValueError(f"embedder.remote.url {self.url!r} must start with http:// or https://")
+        return self
+
+
 class EmbedderConfig(Strict):
     model: str = Field("all-MiniLM-L6-v2", description="sentence-transformers model name or path")
-    backend: Literal["onnx", "torch"] = Field(
-        "onnx", description="onnx: exported once, run by onnxruntime (same vectors, ~2x faster here)")
+    backend: Literal["onnx", "torch", "vllm"] = Field(
+        "onnx", description="onnx: exported once, run by onnxruntime (same vectors, ~2x faster here); vllm: a "
+        "vLLM embedding deployment (embedder.remote) embeds, the model folder gives the tokenizer and identity")
+    remote: RemoteEncoderConfig | None = Field(None, description="the deployment, for backend vllm")
     onnx_dir: str = Field("~/.cache/cachestack/onnx", description="where the exported graph is kept")
     device: str = "cpu"
     batch_wait_ms: float = Field(
@@ -77,6 +102,12 @@ class EmbedderConfig(Strict):
         2, ge=1, description="intra-op threads of one encode; idle threads sleep, never spin. Measured "
         "here (loadtests/README.md, two paired runs): 2 cut the semantic-hit p50 at concurrency 1 by "
         "14% against 1; hits/s at concurrency 32 moved within the noise (212 vs 213, 198 vs 211)")
+
+    @model_validator(mode="after")
+    def _remote_named(self) -> EmbedderConfig:
+        if self.backend == "vllm" and self.remote is None:
+            raise ValueError("embedder.backend vllm needs embedder.remote (the deployment's url)")
+        return self
 
 
 class JudgeConfig(Strict):

@@ -6,14 +6,15 @@ to ``batch_wait_ms`` for batch mates and share one ``encode`` call run in a work
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Sequence
-from pathlib import Path
+from pathlib import Path, PurePath
 
 import numpy as np
 
 from cache.batching import Batcher
-from cache.config import EmbedderConfig
+from cache.config import EmbedderConfig, RemoteEncoderConfig
 
 
 def resolve_model_path(model: str) -> str:
@@ -34,7 +35,9 @@ class Embedder:
     """A loaded sentence-transformers model; ``encode`` returns unit-length float32 rows.
 
     ``backend="onnx"`` (the default) runs without torch (cache/onnx_encoder.py); ``"torch"`` loads the
-    model with sentence-transformers itself, for models the ONNX path does not support.
+    model with sentence-transformers itself, for models the ONNX path does not support; ``"vllm"``
+    asks a vLLM embedding deployment (``remote``, cache/vllm_encoder.py) and keeps only the folder's
+    tokenizer and config here. ``encode`` raises cache.vllm_encoder.EncoderUnavailable when that fails.
     """
 
     def __init__(
@@ -45,6 +48,7 @@ class Embedder:
         device: str = "cpu",
         threads: int | None = None,
         onnx_dir: str = "~/.cache/cachestack/onnx",
+        remote: RemoteEncoderConfig | None = None,
     ) -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -57,11 +61,25 @@ class Embedder:
             path = snapshot_download(path, local_files_only=True)
         from cache.onnx_encoder import model_digest
 
-        # The vector space: a digest of the weights (onnx and torch embed alike, to 1e-5). It names the
+        # The vector space: a digest of the weights (onnx and torch embed alike, to 1e-5; a vLLM deployment of
+        # the same folder to 1e-3). It names the
         # store's indexes and keys the embeddings cache, so a model switch never mixes vectors.
         self.identity: str = model_digest(Path(path))[:10]
         self._onnx = None
+        self._remote = None
         self.model = None
+        if backend == "vllm":
+            from cache.vllm_encoder import VllmEncoder
+
+            if remote is None:
+                raise ValueError("backend vllm needs the deployment (embedder.remote)")
+            served = remote.model or PurePath(model.rstrip("/")).name
+            self._remote = VllmEncoder(path, served, remote)
+            if not remote.same_weights:  # other weights behind the name: a vector space of their own
+                self.identity = "v" + hashlib.sha256(f"vllm:{served}".encode()).hexdigest()[:9]
+            self.dim = self._remote.dim
+            self.max_tokens = self._remote.max_length
+            return
         if backend == "onnx":
             from cache.onnx_encoder import OnnxEncoder
 
@@ -84,6 +102,8 @@ class Embedder:
         """Tokens each text is (special tokens included, before truncation): usage, and the input limit."""
         if self._onnx is not None:
             return self._onnx.token_counts(list(texts))
+        if self._remote is not None:
+            return self._remote.token_counts(list(texts))
         assert self.model is not None
         return [len(ids) for ids in self.model.tokenizer(list(texts), add_special_tokens=True)["input_ids"]]
 
@@ -93,6 +113,9 @@ class Embedder:
             return np.zeros((0, self.dim), np.float32)
         if self._onnx is not None:
             return np.vstack([self._onnx.encode(list(texts[i:i + batch_size]))
+                              for i in range(0, len(texts), batch_size)])
+        if self._remote is not None:
+            return np.vstack([self._remote.encode(list(texts[i:i + batch_size]))
                               for i in range(0, len(texts), batch_size)])
         assert self.model is not None
         vecs = self.model.encode(
@@ -107,7 +130,8 @@ class Embedder:
 
 def embedder_from_config(cfg: EmbedderConfig) -> Embedder:
     """The embedder the config describes; serving and ``cachestack eval`` build it the same way."""
-    return Embedder(cfg.model, backend=cfg.backend, device=cfg.device, threads=cfg.threads, onnx_dir=cfg.onnx_dir)
+    return Embedder(cfg.model, backend=cfg.backend, device=cfg.device, threads=cfg.threads, onnx_dir=cfg.onnx_dir,
+                    remote=cfg.remote)
 
 
 class MicroBatcher:

@@ -51,7 +51,7 @@ class OnnxEncoder:
         from tokenizers import Tokenizer
 
         root = Path(model_dir)
-        self.pooling, self.max_length = _read_sentence_transformers_config(root)
+        self.pooling, self.max_length = read_model_settings(root)
         self.tokenizer = Tokenizer.from_file(str(root / "tokenizer.json"))
         self.counter = Tokenizer.from_file(str(root / "tokenizer.json"))  # whole texts: counts, no padding
         self.counter.no_truncation()
@@ -96,7 +96,7 @@ class OnnxEncoder:
         return vecs.astype(np.float32)
 
 
-def _read_sentence_transformers_config(root: Path) -> tuple[str, int]:
+def read_model_settings(root: Path) -> tuple[str, int]:
     """(pooling mode, max tokens) from the model folder; ValueError for what this encoder cannot run
     (a Dense layer, max or weighted pooling): use ``backend: torch`` for those."""
     modules = json.loads((root / "modules.json").read_text())

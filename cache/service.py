@@ -28,7 +28,7 @@ from redisvl.exceptions import RedisVLError
 
 from cache import metrics
 from cache.background_judge import BackgroundJudge, JudgeJob
-from cache.batching import Batcher, Busy
+from cache.batching import Batcher, Busy, Unavailable
 from cache.breaker import CircuitBreaker, State
 from cache.config import CacheConfig
 from cache.decision import Candidate, Decision, DecisionRule, RuleSettings, decide_each, resolve_settings
@@ -352,6 +352,9 @@ class CacheService:
             found.embedding = await self.embedder.embed(plan.query, bounded=True)
         except Busy:  # a backlog: exact tiers only for this request
             return
+        except Unavailable:  # a remote embedder failing or too slow (cache/vllm_encoder.py): the same
+            metrics.BYPASSES.labels("embed_unavailable").inc()
+            return
         metrics.STAGE_SECONDS.labels("embed").observe(time.perf_counter() - t)
         try:
             neighbours = await self._redis(
@@ -537,7 +540,7 @@ class CacheService:
         if plan.semantic and embedding is None:
             try:
                 embedding = await self.embedder.embed(plan.query, bounded=True)
-            except Busy:  # a backlog: the entry is stored for exact hits only
+            except Unavailable:  # a backlog or a failing remote embedder: stored for exact hits only
                 metrics.STORES.labels(plan.namespace, "exact_only").inc()
         try:
             t = time.perf_counter()

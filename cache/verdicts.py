@@ -21,7 +21,7 @@ import numpy as np
 from redis.exceptions import RedisError
 
 from cache import metrics
-from cache.batching import Busy
+from cache.batching import Unavailable
 from cache.adaptive import ThresholdLearner, Verdict, pack, unpack
 from cache.embedder import MicroBatcher
 from cache.store import CacheStore, Neighbour
@@ -42,13 +42,13 @@ def answer_text(answer: Mapping[str, Any]) -> str:
 async def answers_agree(embedder: MicroBatcher, cached: Mapping[str, Any], fresh: Mapping[str, Any],
                         threshold: float = 0.8) -> bool | None:
     """Does a fresh answer say what the cached one says? Same text, or embeddings within ``threshold``;
-    None when the embedder has a backlog (background work never adds to it)."""
+    None when the embedder has a backlog (background work never adds to it) or is unavailable."""
     a, b = answer_text(cached), answer_text(fresh)
     if a.strip() == b.strip():
         return True
     try:
         va, vb = await asyncio.gather(embedder.embed(a, bounded=True), embedder.embed(b, bounded=True))
-    except Busy:
+    except Unavailable:
         return None
     return float(np.dot(va, vb)) >= threshold
 

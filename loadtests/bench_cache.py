@@ -8,7 +8,13 @@ the exact numbers are measured twice: L1 on (default) and off (every hit is a Re
 are measured with the speculative upstream call on (default: each hit also starts and cancels an
 upstream request, here to the fake on the same 2 cores) and off.
 
-python loadtests/bench_cache.py [--redis URL] [--n 2000]
+With ``--embedder-url`` (a vLLM embedding deployment of the same MiniLM folder, ``--runner pooling``)
+a layer "semantic (vLLM embedder)" runs the cache's embedder there (embedder.backend vllm), in the same
+run as the in-process one; both then get the same generous lookup deadline (``--deadline-ms``, and half
+of it as the Redis budget), so on a loaded machine a slow embedding or Redis round trip shows as latency
+here instead of as a skipped semantic stage.
+
+python loadtests/bench_cache.py [--redis URL] [--n 2000] [--embedder-url URL --embedder-model NAME]
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ def body(question: str) -> dict[str, Any]:
     return {"model": "fake", "temperature": 0, "messages": [{"role": "user", "content": question}]}
 
 
-async def run(gw: str, n: int, layer: str) -> dict[str, Any]:
+async def run(gw: str, n: int, layer: str, levels: tuple[int, ...] = (1, 32)) -> dict[str, Any]:
     pairs = [(a.format(c=c), b.format(c=c)) for c in CITIES for a, b in TEMPLATES]
     results: dict[str, Any] = {}
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as s:
@@ -63,7 +69,7 @@ async def run(gw: str, n: int, layer: str) -> dict[str, Any]:
         print(f"  {len(accepted)}/{len(ask)} questions answered as {want} hits by the shipped rule")
         results["accepted"] = len(accepted) / len(ask)
         ask = accepted or ask
-        for conc in (1, 32):
+        for conc in levels:
             outcomes.clear()
             lat, wall = await closed_loop(call, n, conc)
             results[f"c{conc}"] = summary(f"{layer} hit, concurrency {conc}", lat, wall)
@@ -83,7 +89,13 @@ def main() -> int:
     p.add_argument("--n", type=int, default=2000)
     p.add_argument("--json")
     p.add_argument("--only", help="comma-separated layer name prefixes, e.g. semantic")
+    p.add_argument("--embedder-url", help="a vLLM embedding deployment of MiniLM: adds the remote-embedder layer")
+    p.add_argument("--embedder-model", default="minilm", help="its served model name")
+    p.add_argument("--deadline-ms", type=float, default=5000.0,
+                   help="cache.lookup_deadline_ms of the semantic layers when --embedder-url is given")
+    p.add_argument("--concurrency", default="1,32", help="comma-separated concurrency levels")
     args = p.parse_args()
+    levels = tuple(int(c) for c in args.concurrency.split(","))
     from serving.config import LocalStackConfig
     from serving.local.processes import free_port
     from serving.local.stack import start_stack
@@ -96,14 +108,22 @@ def main() -> int:
         print(f"Redis {redis}; fake upstream {up}")
         layers = (("exact (L1)", 64 << 20, True), ("exact (Redis)", 0, True), ("semantic", 64 << 20, True),
                   ("semantic (speculative upstream off)", 64 << 20, False))
+        if args.embedder_url:
+            layers += (("semantic (vLLM embedder)", 64 << 20, True),)
         for layer, l1, speculate in layers:
             if args.only and not any(layer.startswith(o) for o in args.only.split(",")):
                 continue
-            cfg = {"upstreams": {"urls": [up]},
-                   "redis": {"url": redis, "index_prefix": f"bench{abs(hash(layer)) % 10_000}"},
-                   "cache": {"l1_max_bytes": l1, "speculative_upstream": speculate}}
+            cfg: dict[str, Any] = {"upstreams": {"urls": [up]},
+                                   "redis": {"url": redis, "index_prefix": f"bench{abs(hash(layer)) % 10_000}"},
+                                   "cache": {"l1_max_bytes": l1, "speculative_upstream": speculate}}
+            if args.embedder_url and layer.startswith("semantic"):
+                cfg["cache"]["lookup_deadline_ms"] = args.deadline_ms
+                cfg["redis"]["lookup_budget_ms"] = args.deadline_ms / 2
+            if layer == "semantic (vLLM embedder)":
+                cfg["embedder"] = {"backend": "vllm", "remote": {
+                    "url": args.embedder_url, "model": args.embedder_model, "timeout_ms": args.deadline_ms * 0.9}}
             with gateway(cfg) as gw:
-                results[layer] = asyncio.run(run(gw, args.n, layer))
+                results[layer] = asyncio.run(run(gw, args.n, layer, levels))
     write_json(args.json, results)
     return 0
 

@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
+from cache.batching import Unavailable
 from cache.decision import build_rule
 from cache.breaker import CircuitBreaker
 from cache.embedder import Embedder, MicroBatcher, embedder_from_config
@@ -30,8 +31,9 @@ from serving.auth import Authenticator
 from serving.cancellation import RequestLifetime
 from serving.catalog import ModelCatalog
 from serving.checks import ask_judge
-from serving.config import Settings
+from serving.config import ConfigError, Settings
 from serving.limits import HeaderLimit, TenantSlots
+from serving.embedding_deployment import Deployment
 from serving.embeddings import Embeddings, LocalModel, local_name
 from serving.prefix_hygiene import PrefixHygiene
 from serving.protocol import OpenAIError, error_body
@@ -100,12 +102,12 @@ async def build_embedder(settings: Settings, embedder: Embedder | None) -> Micro
     if not settings.cache.enabled and not settings.embeddings.local:
         return None
     e = settings.embedder
-    if embedder is None:
+    if embedder is None or embedder.backend != e.backend:  # a shared model only stands in for its own backend
         embedder = await asyncio.to_thread(embedder_from_config, e)
     return MicroBatcher(embedder, e.batch_wait_ms, e.max_batch, max_waiting=settings.cache.semantic_max_queue)
 
 
-def build_embeddings(settings: Settings, batcher: MicroBatcher | None, cache: CacheService | None) -> Embeddings:
+async def build_embeddings(settings: Settings, batcher: MicroBatcher | None, cache: CacheService | None) -> Embeddings:
     e = settings.embeddings
     local = None
     if e.local and batcher is not None:
@@ -113,7 +115,20 @@ def build_embeddings(settings: Settings, batcher: MicroBatcher | None, cache: Ca
     vectors = None
     if e.cache and cache is not None:
         vectors = VectorCache(cache, e.cache_ttl_s, settings.cache.l1_max_bytes // 4)
-    return Embeddings(local, vectors, e.max_inputs)
+    deployment = None
+    if e.deployment is not None:
+        deployment = Deployment(e.deployment)
+        await deployment.start()
+    return Embeddings(local, vectors, e.max_inputs, deployment)
+
+
+def check_embedding_names(settings: Settings) -> None:
+    """ConfigError when the local model's id is also one the embedding deployment serves."""
+    e = settings.embeddings
+    name = local_name(settings.embedder.model, e.local_name)
+    if e.local and e.deployment is not None and name in e.deployment.models:
+        raise ConfigError(f"embeddings.deployment.models lists {name!r}, the local embedder's id: set "
+                          "embeddings.local_name or embeddings.local: false")
 
 
 def create_app(settings: Settings, *, embedder: Embedder | None = None) -> FastAPI:
@@ -124,6 +139,7 @@ def create_app(settings: Settings, *, embedder: Embedder | None = None) -> FastA
     auth = Authenticator(settings.auth)
     auth.check_namespaces(settings.cache)
     auth.check_rate_limits(settings.rate_limits.tenants)
+    check_embedding_names(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -139,7 +155,7 @@ def create_app(settings: Settings, *, embedder: Embedder | None = None) -> FastA
         cache = await build_cache(settings, batcher)
         gw = app.state.gw = Gateway(settings, auth, upstream, router, catalog, cache,
                                     SingleFlight(), PrefixHygiene(ph.window, ph.head_chars) if ph.enabled else None,
-                                    build_embeddings(settings, batcher, cache),
+                                    await build_embeddings(settings, batcher, cache),
                                     TenantSlots(settings.server.max_in_flight_per_tenant))
         gw.limiter = build_limiter(settings)
         if cache is not None:
@@ -164,6 +180,8 @@ def create_app(settings: Settings, *, embedder: Embedder | None = None) -> FastA
             if cache is not None:
                 await cache.drain()
                 await cache.aclose()
+            if gw.embeddings.deployment is not None:
+                await gw.embeddings.deployment.aclose()
             metrics.LIVE_APP.detach(collectors)
             await router.aclose()
             await upstream.aclose()
@@ -185,6 +203,11 @@ def create_app(settings: Settings, *, embedder: Embedder | None = None) -> FastA
         message = "unknown route" if exc.status_code == 404 else str(exc.detail)
         return Response(error_body(message, kind, None, exc.status_code), exc.status_code,
                         media_type="application/json", headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Unavailable)
+    async def model_unavailable(_: Request, exc: Unavailable) -> Response:
+        return Response(error_body(f"cache model unavailable: {exc}", "service_unavailable"), 503,
+                        media_type="application/json")
 
     @app.exception_handler(RedisVLError)
     @app.exception_handler(RedisError)

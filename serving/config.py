@@ -12,10 +12,10 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, StringConstraints, ValidationError, field_validator, model_validator
 from cache.config import TENANT_NAME, CacheConfig, EmbedderConfig, RedisConfig, Strict
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
@@ -160,11 +160,30 @@ class LocalStackConfig(Strict):
     data_dir: str = Field(".cachestack", description="converted models, logs; reused across runs")
 
 
+class EmbeddingDeploymentConfig(Strict):
+    """A vLLM embedding deployment (``--runner pooling``) that /v1/embeddings forwards its models to."""
+
+    url: str = Field(description="its base URL, e.g. http://cachestack-embedder:8000")
+    models: list[Annotated[str, StringConstraints(min_length=1)]] = Field(
+        min_length=1, description="the served model names requests are forwarded for (listed in /v1/models)")
+    api_key_file: str | None = Field(None, description="file holding the key the deployment expects, if any")
+    timeouts: TimeoutConfig = TimeoutConfig(read_s=60.0)
+
+    @field_validator("url")
+    @classmethod
+    def _url_is_http(cls, url: str) -> str:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"embeddings.deployment.url {url!r} must start with http:// or https://")
+        return url.rstrip("/")
+
+
 class EmbeddingsConfig(Strict):
-    """POST /v1/embeddings, served by the cache's own embedder."""
+    """POST /v1/embeddings: the cache's own embedder, and the models of an embedding deployment."""
 
     local: bool = Field(True, description="serve the cache's embedder (embedder.model) as a model of its own")
     local_name: str | None = Field(None, description="its id in /v1/models; None: embedder.model's last path part")
+    deployment: EmbeddingDeploymentConfig | None = Field(
+        None, description="forward requests for its models there (the vector cache still answers repeats)")
     max_inputs: int = Field(2048, ge=1, description="more inputs in one request get 400 (OpenAI's limit)")
     cache: bool = Field(True, description="exact, tenant-scoped cache of vectors (needs cache.enabled and Redis)")
     cache_ttl_s: int = Field(7 * 86_400, ge=1, description="how long a cached vector is kept")
@@ -201,6 +220,14 @@ class Settings(BaseSettings):
     prefix_hygiene: PrefixHygieneConfig = PrefixHygieneConfig()
     rate_limits: RateLimitConfig = RateLimitConfig()
     local: LocalStackConfig = LocalStackConfig()
+
+    @model_validator(mode="after")
+    def _remote_embedder_fits_the_deadline(self) -> Settings:
+        remote = self.embedder.remote
+        if self.embedder.backend == "vllm" and remote is not None and remote.timeout_ms >= self.cache.lookup_deadline_ms:
+            raise ValueError(f"embedder.remote.timeout_ms ({remote.timeout_ms:g}) must be below "
+                             f"cache.lookup_deadline_ms ({self.cache.lookup_deadline_ms:g}): it runs inside the lookup")
+        return self
 
     @classmethod
     def settings_customise_sources(

@@ -1,5 +1,6 @@
 """The /v1/embeddings flow: auth -> body limit -> protocol -> cached vectors -> the gateway's own
-embedder (or a vLLM embedding deployment) for the rest -> float or base64 rows.
+embedder, or the vLLM embedding deployment serving the model (serving/embedding_deployment.py) -> float
+or base64 rows.
 
 The local model is the cache's embedder, listed in /v1/models under its own name. Its inputs must be
 text: token ids are refused, because the ids clients send are almost always another tokenizer's
@@ -7,6 +8,11 @@ text: token ids are refused, because the ids clients send are almost always anot
 ids they would give a vector of unrelated words, silently. An input longer than the model reads is
 refused too (OpenAI's behaviour), since truncating it would embed only its start. A deployment that
 is forwarded to receives the inputs as sent: its model's tokenizer is the one it expects ids in.
+
+Both are cached exactly, per tenant: the local model per text (keyed by the weights' identity), a
+deployment's model per whole request (keyed by its served name, so a deployment that changes weights
+must change the name or have its vectors purged). A forwarded request holds one of the tenant's
+``server.max_in_flight_per_tenant`` slots like a chat request.
 """
 
 from __future__ import annotations
@@ -23,10 +29,12 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from cache.batching import Unavailable
 from cache.embedder import Embedder, MicroBatcher
 from cache.vectors import VectorCache, Vectors, vector_key
 from serving import metrics
 from serving.cache_control import parse_cache_control
+from serving.embedding_deployment import Deployment
 from serving.limits import read_body
 from serving.protocol import EmbeddingRequest, OpenAIError, parse_request
 
@@ -62,6 +70,12 @@ class Embeddings:
     local: LocalModel | None
     vectors: VectorCache | None
     max_inputs: int
+    deployment: Deployment | None = None
+
+    def cards(self) -> list[dict[str, Any]]:
+        """The embedding models in /v1/models."""
+        return ([self.local.card()] if self.local is not None else []) + (
+            self.deployment.cards() if self.deployment is not None else [])
 
 
 async def handle(request: Request) -> Response:
@@ -74,8 +88,9 @@ async def _handle(request: Request, gw: Gateway, tenant: str) -> Response:
     raw = await read_body(request, gw.cfg.server.max_body_bytes)
     _, req = parse_request(raw, EmbeddingRequest)
     emb = gw.embeddings
-    local = emb.local
-    if local is None or req.model != local.name:
+    local = emb.local if emb.local is not None and req.model == emb.local.name else None
+    deployment = emb.deployment if emb.deployment is not None and req.model in emb.deployment.models else None
+    if local is None and deployment is None:
         raise OpenAIError(404, f"The model '{req.model}' does not exist or does not serve embeddings",
                           param="model", code="model_not_found")
     request.state.model = req.model
@@ -85,13 +100,35 @@ async def _handle(request: Request, gw: Gateway, tenant: str) -> Response:
                           param="input", code="too_many_inputs")
     cc = parse_cache_control(request.headers.get("cache-control"))
     cache = emb.vectors
-    lookup, store = cache is not None and not cc.no_cache, cache is not None and not cc.no_store
-    rows, tokens, hits = await _embed_locally(local, req, tenant, cache if lookup else None,
-                                              cache if store else None)
-    result = ("HIT" if hits == len(rows) else "MISS") if lookup or store else "BYPASS"
-    body = _response(req, rows, tokens, local.name)
-    metrics.REQUEST_SECONDS.labels(PATH, result).observe(time.perf_counter() - started)
-    return Response(body, 200, media_type="application/json", headers={"x-cache": result})
+    lookup = cache if cache is not None and not cc.no_cache else None
+    store = cache if cache is not None and not cc.no_store else None
+
+    async def respond() -> Response:
+        if local is not None:
+            rows, tokens, hits = await _embed_locally(local, req, tenant, lookup, store)
+        else:
+            assert deployment is not None
+            rows, tokens, hits = await _forward(deployment, req, tenant, lookup, store)
+        result = ("HIT" if hits == len(rows) else "MISS") if lookup or store else "BYPASS"
+        body = _response(req, rows, tokens, req.model)
+        metrics.REQUEST_SECONDS.labels(PATH, result).observe(time.perf_counter() - started)
+        return Response(body, 200, media_type="application/json", headers={"x-cache": result})
+
+    return await (gw.slots.run(tenant, respond) if deployment is not None else respond())
+
+
+async def _forward(deployment: Deployment, req: EmbeddingRequest, tenant: str, lookup: VectorCache | None,
+                   store: VectorCache | None) -> tuple[list[np.ndarray], int, int]:
+    """(one row per input, prompt tokens, inputs answered from the cache): a repeat of the whole
+    request is answered from the cache; anything else is forwarded whole."""
+    key = vector_key(tenant, f"deployment:{req.model}", {"input": req.input, "dimensions": req.dimensions})
+    cached = (await lookup.get_many([key]))[0] if lookup is not None else None
+    if cached is not None:
+        return list(cached.rows), cached.tokens, cached.rows.shape[0]
+    got = await deployment.embed(req)
+    if store is not None:
+        store.put_later({key: Vectors(got.tokens, got.rows)})
+    return list(got.rows), got.tokens, 0
 
 
 async def _embed_locally(local: LocalModel, req: EmbeddingRequest, tenant: str, lookup: VectorCache | None,
@@ -118,7 +155,12 @@ async def _embed_locally(local: LocalModel, req: EmbeddingRequest, tenant: str, 
     step = local.batcher.max_batch
     for start in range(0, len(missing), step):  # a batch at a time: cache lookups queued meanwhile go next
         chunk = missing[start:start + step]
-        for i, row in zip(chunk, await asyncio.gather(*(local.batcher.embed(texts[i]) for i in chunk)), strict=True):
+        try:
+            vecs = await asyncio.gather(*(local.batcher.embed(texts[i]) for i in chunk))
+        except Unavailable as exc:  # a remote embedder backend (cache/vllm_encoder.py) failing
+            raise OpenAIError(503, f"the embedder of {local.name} is unavailable: {exc}", "service_unavailable",
+                              code="embedder_unavailable") from None
+        for i, row in zip(chunk, vecs, strict=True):
             rows[i] = row
     if store is not None and missing:
         store.put_later({keys[i]: Vectors(counts[i], rows[i][None, :]) for i in missing})  # type: ignore[index]

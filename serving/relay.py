@@ -97,7 +97,7 @@ class RequestTimer:
             metrics.REQUEST_SECONDS.labels(self.path, result).observe(time.perf_counter() - self.started)
 
 
-def upstream_error(status: int, payload: bytes) -> tuple[int, bytes, str]:
+def upstream_failure(status: int, payload: bytes) -> OpenAIError:
     """vLLM 5xx -> the gateway's own 502 (503 stays 503: overloaded, worth a retry).
 
     vLLM's body is never passed on: a 5xx body can hold a stack trace or internals. Its first bytes go
@@ -106,9 +106,14 @@ def upstream_error(status: int, payload: bytes) -> tuple[int, bytes, str]:
     metrics.UPSTREAM_ERRORS.labels(f"http_{status}").inc()
     log.warning("upstream answered HTTP %d", status)
     log.debug("upstream HTTP %d body: %r", status, payload[:500])
-    out = 503 if status == 503 else 502
-    return out, OpenAIError(out, f"upstream answered HTTP {status}", "upstream_error",
-                            code="upstream_error").body(), "application/json"
+    return OpenAIError(503 if status == 503 else 502, f"upstream answered HTTP {status}", "upstream_error",
+                       code="upstream_error")
+
+
+def upstream_error(status: int, payload: bytes) -> tuple[int, bytes, str]:
+    """:func:`upstream_failure` as (status, body, content type)."""
+    err = upstream_failure(status, payload)
+    return err.status, err.body(), "application/json"
 
 
 async def call(gw: Gateway, path: str, affinity: str, data: bytes) -> tuple[int, bytes, str]:

@@ -75,6 +75,38 @@ def vllm_url() -> Iterator[str]:
         yield stack.vllm_urls[0]
 
 
+EMBED_MODEL = "minilm"  # the served name of the session's vLLM embedding deployment
+
+
+@pytest.fixture(scope="session")
+def vllm_embedding_url() -> Iterator[str]:
+    """vLLM CPU serving the MiniLM folder as an embedding model (``--runner pooling``, ~1 GB), as a GPU
+    embedding deployment would: started for the session, stopped at its end.
+    CACHESTACK_TEST_VLLM_EMBED_URL reuses one already running (served as ``minilm``)."""
+    url = os.environ.get("CACHESTACK_TEST_VLLM_EMBED_URL")
+    if url:
+        yield url.rstrip("/")
+        return
+    import sys
+
+    from cache.embedder import resolve_model_path
+    from serving.local.processes import Child, free_port, wait_http
+
+    port = free_port()
+    argv = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model",
+            resolve_model_path("all-MiniLM-L6-v2"), "--served-model-name", EMBED_MODEL, "--runner", "pooling",
+            "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32", "--enforce-eager",
+            "--max-model-len", "256"]  # the model's own limit (sentence_bert_config.json)
+    env = {"VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
+    child = Child(f"vllm-embed:{port}", argv, REPO / ".cachestack" / "logs" / f"vllm-embed-{port}.log", env)
+    child.start()
+    try:
+        wait_http(child, f"http://127.0.0.1:{port}/v1/models", timeout_s=900, progress=False)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        child.stop()
+
+
 class OwnValkey:
     """A Valkey + RediSearch of one test's own, to stop and start again (the session's is shared)."""
 

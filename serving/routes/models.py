@@ -10,8 +10,7 @@ async def list_models(request: Request) -> Response:
     gw = request.app.state.gw
     gw.auth.tenant(request.headers.get("authorization"))
     models = await gw.catalog.models()
-    if gw.embeddings.local is not None:
-        models = [*models, gw.embeddings.local.card()]
+    models = [*models, *gw.embeddings.cards()]
     return Response(orjson.dumps({"object": "list", "data": models}), media_type="application/json")
 
 

@@ -8,6 +8,8 @@ import pytest
 from chart_helpers import CHART, container, find, one, render, render_profile
 from test_chart_render import K8S_VERSION
 
+from serving.config import load_config
+
 pytestmark = pytest.mark.helm
 
 
@@ -73,3 +75,44 @@ def test_cpu_embedder_has_no_gpu_and_own_scheduling() -> None:
 def test_schema_rejects_bad_embedder_values(bad: dict) -> None:
     with pytest.raises(helm.HelmError, match="embedder"):
         render({"embedder": bad})
+
+
+def _gateway_settings(docs: list[dict], tmp_path, monkeypatch):
+    for var in [v for v in __import__("os").environ if v.startswith("CACHESTACK_")]:
+        monkeypatch.delenv(var)
+    cm = one(docs, "ConfigMap", "-gateway")
+    path = tmp_path / "config.yaml"
+    path.write_text(cm["data"]["config.yaml"])
+    return load_config(path)
+
+
+def test_gateway_embeds_through_the_deployment_when_it_is_on(tmp_path, monkeypatch) -> None:
+    docs = render({"embedder": {"enabled": True}})
+    s = _gateway_settings(docs, tmp_path, monkeypatch)
+    svc = one(docs, "Service", "-embedder")
+    assert s.embedder.backend == "vllm" and s.embedder.remote is not None
+    assert s.embedder.remote.url == f"http://{svc['metadata']['name']}.llm.svc.cluster.local:{svc['spec']['ports'][0]['port']}"
+    assert s.embedder.remote.model == "sentence-transformers/all-MiniLM-L6-v2"  # the engine's --served-model-name
+    assert s.embedder.remote.same_weights and s.embedder.remote.timeout_ms < s.cache.lookup_deadline_ms
+    assert s.embedder.model == "all-MiniLM-L6-v2"  # the folder in the image: tokenizer and identity
+    assert s.embeddings.deployment is None
+    off = _gateway_settings(render_profile("default"), tmp_path, monkeypatch)
+    assert off.embedder.backend == "onnx" and off.embedder.remote is None
+
+
+def test_gateway_forwards_embeddings_and_keeps_onnx_when_asked(tmp_path, monkeypatch) -> None:
+    docs = render({"embedder": {"enabled": True, "servedModelName": "minilm-gpu",
+                                "gateway": {"cacheBackend": False, "forwardEmbeddings": True, "timeoutMs": 100}}})
+    s = _gateway_settings(docs, tmp_path, monkeypatch)
+    assert s.embedder.backend == "onnx"
+    assert s.embeddings.deployment is not None and s.embeddings.deployment.models == ["minilm-gpu"]
+    assert s.embeddings.deployment.url.endswith("-embedder.llm.svc.cluster.local:8000")
+    c = container(_embedder(docs))
+    assert c["args"][c["args"].index("--served-model-name") + 1] == "minilm-gpu"
+
+
+def test_schema_rejects_bad_gateway_wiring() -> None:
+    with pytest.raises(helm.HelmError, match="embedder"):
+        render({"embedder": {"enabled": True, "gateway": {"timeoutMs": 0}}})
+    with pytest.raises(helm.HelmError, match="embedder"):
+        render({"embedder": {"enabled": True, "gateway": {"remote": True}}})

@@ -37,6 +37,10 @@ app.kubernetes.io/component: {{ .component }}
 {{- printf "%s:%s" .Values.gateway.image.repository (default .Chart.AppVersion .Values.gateway.image.tag) }}
 {{- end }}
 
+{{- define "cachestack.embedder.fullname" -}}
+{{- printf "%s-embedder" (include "cachestack.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
 {{- define "cachestack.vllm.fullname" -}}
 {{- printf "%s-vllm" (include "cachestack.fullname" .) | trunc 63 | trimSuffix "-" }}
 {{- end }}
