@@ -20,6 +20,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -30,9 +31,12 @@ log = logging.getLogger("cachestack.cache")
 class PurgeWatch:
     """This replica's view of purges: the last generation it heard of, and whether it still hears."""
 
-    def __init__(self, client: Redis, *, generation_key: str, channel: str, on_purge: Callable[[], None],
-                 heartbeat_s: float, max_silence_s: float) -> None:
+    def __init__(self, client: Redis, commands: Any, *, generation_key: str, channel: str,
+                 on_purge: Callable[[], None], heartbeat_s: float, max_silence_s: float) -> None:
+        """``client``: a plain client of one node, for the subscription (a cluster broadcasts PUBLISH
+        to every node); ``commands``: the store's client, which routes the generation key's slot."""
         self.client = client
+        self.commands = commands
         self.generation_key = generation_key
         self.channel = channel
         self._on_purge = on_purge
@@ -62,8 +66,8 @@ class PurgeWatch:
     async def announce(self) -> int:
         """A purge starts: bump the generation (stores begun before are refused from now on) and tell
         every replica. Raises redis errors: a purge that cannot be announced must not claim success."""
-        generation = int(await self.client.incr(self.generation_key))
-        await self.client.publish(self.channel, str(generation))
+        generation = int(await self.commands.incr(self.generation_key))
+        await self.commands.publish(self.channel, str(generation))
         self._heard_of(generation)
         return generation
 
@@ -91,7 +95,7 @@ class PurgeWatch:
             async with asyncio.timeout(self.patience_s):
                 await pubsub.subscribe(self.channel)
                 # read after subscribing: a purge in between is seen either here or as a message
-                current = int(await self.client.get(self.generation_key) or 0)
+                current = int(await self.commands.get(self.generation_key) or 0)
             self.generation = current
             self._on_purge()  # purges may have been missed while not subscribed
             self._heard = time.monotonic()

@@ -124,7 +124,7 @@ class CacheService:
         self.l1 = L1Cache(cfg.l1_max_bytes, rc.l1_max_age_s)
         self.watch = PurgeWatch(
             Redis.from_url(store.cfg.url, password=store.cfg.password(),
-                           socket_connect_timeout=store.cfg.store_timeout_ms / 1000.0),
+                           socket_connect_timeout=store.cfg.store_timeout_ms / 1000.0), store.redis,
             generation_key=store.generation_key, channel=store.purge_channel, on_purge=self.l1.clear,
             heartbeat_s=rc.heartbeat_ms / 1000.0, max_silence_s=rc.max_silence_ms / 1000.0)
         self._tasks: set[asyncio.Task[Any]] = set()

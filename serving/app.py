@@ -23,6 +23,7 @@ from cache.decision import build_rule
 from cache.breaker import CircuitBreaker
 from cache.embedder import Embedder, MicroBatcher, embedder_from_config
 from cache.service import CacheService
+from cache.topology import client_for
 from cache.store import CacheStore
 from cache.topology import client_for
 from cache.vectors import VectorCache

@@ -20,6 +20,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
 from cache.breaker import CircuitBreaker, State
@@ -42,7 +43,7 @@ return 0
 
 
 class RateLimiter:
-    def __init__(self, client: Redis, prefix: str, cfg: RateLimitConfig, *, timeout_s: float,
+    def __init__(self, client: Redis | RedisCluster, prefix: str, cfg: RateLimitConfig, *, timeout_s: float,
                  breaker: CircuitBreaker, clock: Callable[[], float] = time.time) -> None:
         self.client = client
         self.prefix = prefix

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 import orjson
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
 from serving import metrics
@@ -133,7 +134,7 @@ class ReplicaFlights:
     request calls upstream alone.
     """
 
-    def __init__(self, redis: Redis, prefix: str, *, lease_ms: int, poll_ms: int, max_wait_s: float,
+    def __init__(self, redis: Redis | RedisCluster, prefix: str, *, lease_ms: int, poll_ms: int, max_wait_s: float,
                  op_timeout_s: float) -> None:
         self.redis = redis
         self.prefix = prefix
