@@ -193,7 +193,8 @@ def make_plan(
     params = canonical_params({k: v for k, v in body.items() if k not in RESPONSES_CONTEXT_FIELDS}
                               if kind == "responses" else body)
     if semantic:
-        if ((body.get("n") or 1) > 1 or (body.get("logprobs") is not None and body.get("logprobs") is not False) or body.get("top_logprobs")
+        # `n` is undeclared on some routes (Responses): any value but absent or 1 is treated as several
+        if (body.get("n") not in (None, 1) or (body.get("logprobs") is not None and body.get("logprobs") is not False) or body.get("top_logprobs")
                 or body.get("tools")):
             semantic, reason = False, "n>1, logprobs or tools: exact only"
         elif len(query) > cfg.max_semantic_chars:

@@ -105,6 +105,14 @@ def test_n_logprobs_tools_are_exact_only(extra: dict[str, Any]) -> None:
     assert p.exact_key != plan(chat()).exact_key
 
 
+@pytest.mark.parametrize("n", [[1, 2], {}, "2", 2.5])
+def test_an_n_of_any_other_type_is_exact_only(n: Any) -> None:
+    # found by loadtests/hostile_input.py: `n` is undeclared on /v1/responses, a list there was a 500
+    body = {"model": "m", "input": "How do I reset my password?", "temperature": 0, "n": n}
+    p = plan(body, kind="responses")
+    assert (p.lookup, p.store, p.semantic) == (True, True, False)
+
+
 def test_n_one_and_empty_tools_keep_semantic() -> None:
     assert plan(chat(n=1)).semantic
     assert plan(chat(tools=[])).semantic
