@@ -33,6 +33,7 @@ from typing import Any
 
 import httpx
 from hypothesis import HealthCheck, given, settings
+from hypothesis import seed as hseed
 from hypothesis import strategies as st
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -78,14 +79,16 @@ UNDECLARED = ["best_of", "top_k", "min_p", "presence_penalty", "frequency_penalt
 TEXTS = ["hi", "What is 2 plus 2?", "Name a colour.", "", " ", "\u0000", "\ud7ff\ue000", "é" * 40, "a " * 300,
          CANARIES["default"], CANARIES["faq"], "canary question: WHAT colour is a clear daytime sky"]
 PATHS = ["/v1/chat/completions"] * 5 + ["/v1/completions"] * 2 + ["/v1/responses", "/v1/embeddings"]
-_header_text = st.text(st.characters(min_codepoint=0x20, max_codepoint=0xFF, exclude_characters="\x7f"), max_size=40)
+# HTTP strips whitespace around a header value (and h11 will not send it): generate none there
+_header_text = st.text(st.characters(min_codepoint=0x20, max_codepoint=0xFF, exclude_characters="\x7f"),
+                       max_size=40).map(lambda t: t.strip(" \t"))
 _directive = st.sampled_from(["no-cache", "no-store", "max-age=0", "max-age=60", "max-age=-1", "max-age=abc",
                               "max-age=1e999", "max-age=inf", "max-age=nan", 'max-age="5"', "max-age=",
                               "private", "only-if-cached", "NO-CACHE", "max-age=99999999999999999999999"])
-_cache_control = st.lists(_directive | _header_text, max_size=4).map(lambda parts: ", ".join(parts)) | _header_text
-_garbage_auth = (st.sampled_from(["Bearer ", "Basic YTpi", "bearer", "Bearer  x  y"]) | _header_text
-                 | _header_text.map(lambda t: "Bearer " + t))
-_namespace = st.sampled_from([*NAMESPACES, "", "nope", "DEFAULT", "faq ", "_shared", "default\t"]) | _header_text
+_cache_control = st.lists(_directive | _header_text, max_size=4).map(lambda parts: ", ".join(parts).strip()) | _header_text
+_garbage_auth = (st.sampled_from(["Bearer", "Basic YTpi", "bearer", "Bearer  x  y", "Bearer\tx"]) | _header_text
+                 | _header_text.map(lambda t: ("Bearer " + t).strip()))
+_namespace = st.sampled_from([*NAMESPACES, "", "nope", "DEFAULT", "fa q", "_shared", "default\tx"]) | _header_text
 _shape = st.sampled_from(["mutated"] * 6 + ["messages", "huge_list", "json", "bytes", "too_big"])
 _message_lists = st.lists(st.dictionaries(st.sampled_from(["role", "content", "name", "tool_calls", "tool_call_id", "x"]),
                                           _json | st.sampled_from(["user", "system", "tool"]), max_size=4) | _json,
@@ -239,8 +242,11 @@ class RunResult:
     canaries_unchanged: dict[str, bool] = field(default_factory=dict)
 
 
-def run_many(url: str, n: int, concurrency: int, seed: int = 12) -> RunResult:
-    """``n`` generated requests, ``concurrency`` at a time, against the gateway at ``url``."""
+def run_many(url: str, n: int, concurrency: int, seed: int = 12, max_seconds: float | None = None,
+             chunk: int = 250) -> RunResult:
+    """``n`` generated requests, ``concurrency`` at a time, against the gateway at ``url``: hypothesis
+    runs of ``chunk`` examples with seeds ``seed``, ``seed + 1``, ...; stops early after ``max_seconds``
+    (checked between runs)."""
     res = RunResult()
     statuses: collections.Counter[str] = collections.Counter()
     by_path: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
@@ -260,19 +266,20 @@ def run_many(url: str, n: int, concurrency: int, seed: int = 12) -> RunResult:
         finally:
             slots.release()
 
+    @settings(max_examples=chunk, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    @given(hostile_requests())
+    def submit(req: HostileRequest) -> None:
+        slots.acquire()
+        pool.submit(one, req)
+
     started = time.monotonic()
     with ThreadPoolExecutor(concurrency) as pool:
-        @settings(max_examples=n, deadline=None, database=None, derandomize=False,
-                  suppress_health_check=list(HealthCheck))
-        @given(hostile_requests())
-        def submit(req: HostileRequest) -> None:
-            slots.acquire()
-            pool.submit(one, req)
-            if sum(statuses.values()) and sum(statuses.values()) % 1000 == 0:
-                print(f"  {sum(statuses.values())} done, statuses {dict(statuses)}", flush=True)
-
-        from hypothesis import seed as hseed
-        hseed(seed)(submit)()
+        for i in range((n + chunk - 1) // chunk):
+            if max_seconds is not None and time.monotonic() - started > max_seconds:
+                break
+            hseed(seed + i)(submit)()
+            print(f"  {(i + 1) * chunk} sent in {time.monotonic() - started:.0f} s, statuses {dict(statuses)}",
+                  flush=True)
     res.seconds = round(time.monotonic() - started, 1)
     res.requests = sum(statuses.values())
     res.statuses = dict(sorted(statuses.items()))
@@ -303,10 +310,11 @@ def main() -> None:
     p.add_argument("--redis-url", help="a running Valkey + RediSearch; default: one started for the run")
     p.add_argument("--requests", type=int, default=10_000)
     p.add_argument("--concurrency", type=int, default=8)
+    p.add_argument("--max-seconds", type=float, help="stop early after this long (between hypothesis runs)")
     p.add_argument("--json")
     a = p.parse_args()
     with gateway_for(a.vllm_url, a.redis_url) as url:
-        res = run_many(url, a.requests, a.concurrency)
+        res = run_many(url, a.requests, a.concurrency, max_seconds=a.max_seconds)
     print(f"hostile input: {res.requests} requests in {res.seconds} s, statuses {res.statuses}")
     for path, counts in res.by_path.items():
         print(f"  {path:<22} {counts}")
