@@ -25,6 +25,8 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from cache.tasks import stop_task
+
 log = logging.getLogger("cachestack.cache")
 
 
@@ -120,9 +122,6 @@ class PurgeWatch:
                 await pubsub.aclose()
 
     async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await stop_task(self._task)
+        self._task = None
         await self.client.aclose()

@@ -18,6 +18,8 @@ from collections.abc import Callable
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from cache.tasks import stop_task
+
 log = logging.getLogger("cachestack.cache")
 
 
@@ -83,11 +85,8 @@ class SharedCounts:
         return out, max(int(replicas), 1)
 
     async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await stop_task(self._task)
+        self._task = None
         with contextlib.suppress(RedisError, OSError, TimeoutError):
             await self.flush()
 

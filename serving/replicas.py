@@ -9,11 +9,11 @@ must not take every replica away.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import socket
 from collections.abc import Awaitable, Callable, Sequence
 
+from cache.tasks import stop_task
 from serving.config import UpstreamConfig
 
 log = logging.getLogger(__name__)
@@ -67,11 +67,8 @@ class ReplicaDiscovery:
 
     async def aclose(self) -> None:
         """Stop refreshing."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await stop_task(self._task)
+        self._task = None
 
     async def refresh(self) -> bool:
         """Resolve ``dns_name`` now; True when the URL set changed."""

@@ -13,7 +13,6 @@ were removed from vLLM and would silently read as absent.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import time
@@ -24,6 +23,8 @@ import aiohttp
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric, SummaryMetricFamily
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector, CollectorRegistry
+
+from cache.tasks import stop_task
 
 log = logging.getLogger(__name__)
 
@@ -205,11 +206,8 @@ class VllmMetrics(Collector):
 
     async def aclose(self) -> None:
         """Stop scraping and close the HTTP client if it is ours."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await stop_task(self._task)
+        self._task = None
         if self._own_client and self._client is not None:
             await self._client.close()
             self._client = None
