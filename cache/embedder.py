@@ -64,7 +64,8 @@ class Embedder:
         # The vector space: a digest of the weights (onnx and torch embed alike, to 1e-5; a vLLM deployment of
         # the same folder to 1e-3). It names the
         # store's indexes and keys the embeddings cache, so a model switch never mixes vectors.
-        self.identity: str = model_digest(Path(path))[:10]
+        digest = model_digest(Path(path))
+        self.identity: str = digest[:10]
         self._onnx = None
         self._remote = None
         self.model = None
@@ -83,7 +84,7 @@ class Embedder:
         if backend == "onnx":
             from cache.onnx_encoder import OnnxEncoder
 
-            self._onnx = OnnxEncoder(path, onnx_dir, threads=threads or 1)
+            self._onnx = OnnxEncoder(path, onnx_dir, threads=threads or 1, digest=digest)
             self.dim: int = self._onnx.dim
             self.max_tokens: int = self._onnx.max_length
             return

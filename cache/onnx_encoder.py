@@ -46,7 +46,8 @@ class OnnxEncoder:
     94k without; the embedder loads in 0.26 s.
     """
 
-    def __init__(self, model_dir: str, cache_dir: str, threads: int = 1) -> None:
+    def __init__(self, model_dir: str, cache_dir: str, threads: int = 1, digest: str | None = None) -> None:
+        """``digest``: the folder's :func:`model_digest` when the caller has it (it names the export)."""
         import onnxruntime as ort
         from tokenizers import Tokenizer
 
@@ -61,7 +62,7 @@ class OnnxEncoder:
         self.tokenizer.enable_truncation(max_length=self.max_length)
         pad = _pad_token(root)
         self.tokenizer.enable_padding(pad_id=self.tokenizer.token_to_id(pad) or 0, pad_token=pad)
-        path = Path(cache_dir).expanduser() / f"{root.name}-{model_digest(root)}.onnx"
+        path = Path(cache_dir).expanduser() / f"{root.name}-{digest or model_digest(root)}.onnx"
         if not path.is_file():
             export_in_child(root, path)
         opts = ort.SessionOptions()

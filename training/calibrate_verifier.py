@@ -34,11 +34,7 @@ from cache.evaluation import PairScores, best_at_precision, load_pairs, point
 from cache.guards import check as guard_check
 from cache.keys import normalise_query
 from cache.verifier import CrossEncoderVerifier
-from training.qqp_split import DEFAULT_QQP, read_pairs
-
-
-def bucket(text_a: str) -> int:
-    return int(hashlib.sha256(text_a.encode("utf-8")).hexdigest(), 16) % 10
+from training.qqp_split import DEFAULT_QQP, bucket, read_pairs
 
 
 def features(rows: list[tuple[str, str, int]], emb: Embedder, ver: CrossEncoderVerifier, min_floor: float

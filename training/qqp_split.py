@@ -16,10 +16,14 @@ from pathlib import Path
 DEFAULT_QQP = "/work/shared/data/paraphrase-dev/qqp_dev.jsonl"
 
 
+def bucket(text_a: str) -> int:
+    """The pair's bucket, 0-9, by the SHA-256 of its text_a (training/README.md: 0-5 train, 6 calib, 7-9 check)."""
+    return int(hashlib.sha256(text_a.encode("utf-8")).hexdigest(), 16) % 10
+
+
 def part_of(text_a: str) -> str:
     """'tune' or 'check'."""
-    bucket = int(hashlib.sha256(text_a.encode("utf-8")).hexdigest(), 16) % 10
-    return "tune" if bucket < 7 else "check"
+    return "tune" if bucket(text_a) < 7 else "check"
 
 
 def read_pairs(path: str | Path = DEFAULT_QQP, part: str | None = None) -> Iterator[tuple[str, str, int]]:

@@ -32,8 +32,8 @@ from collections import defaultdict
 
 from cache.keys import normalise_query
 from training.augment import antonym_swap, direction_swap, entity_swap, negate, number_change, time_change
-from training.qqp_split import DEFAULT_QQP, read_pairs
-from training.train_verifier import base_model_path, bucket
+from training.qqp_split import DEFAULT_QQP, bucket, read_pairs
+from training.train_verifier import base_model_path
 
 
 def triplets(qqp: str, seed: int) -> list[tuple[str, str, str]]:

@@ -18,7 +18,6 @@ One thread, about 40 pairs/s on this CPU: 1.5 epochs take ~35 minutes.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import math
 import random
 import time
@@ -27,13 +26,9 @@ import torch
 
 from cache.keys import normalise_query
 from training.augment import synthetic_pairs
-from training.qqp_split import DEFAULT_QQP, read_pairs
+from training.qqp_split import DEFAULT_QQP, bucket, read_pairs
 from training.styles import styled_pairs
 from training.support_pairs import training_pairs
-
-
-def bucket(text_a: str) -> int:
-    return int(hashlib.sha256(text_a.encode("utf-8")).hexdigest(), 16) % 10
 
 
 def base_model_path() -> str:
