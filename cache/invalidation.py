@@ -89,7 +89,9 @@ class PurgeWatch:
             self._heard = float("-inf")
             self._subscribed.clear()
             await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 5.0)
+            # at most max_silence_s between tries: stores wait for the subscription, so a Redis that is
+            # back gets its stores (and the L1) back within about that long
+            backoff = min(backoff * 2, max(self.max_silence_s, self.heartbeat_s))
 
     async def _session(self) -> None:
         pubsub = self.client.pubsub()

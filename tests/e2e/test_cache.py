@@ -290,6 +290,9 @@ def test_redis_stopped_and_restarted_under_the_gateway(gateway_factory, vllm_url
 
     own_valkey.start()
     time.sleep(0.6)  # retry_after_s
+    deadline = time.monotonic() + 10  # the purge watch resubscribes by itself (stores wait for it)
+    while not gw.gw.cache.watch.live() and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert post().headers["x-cache"] == "MISS"  # the new Redis is empty
     gw.drain()
     assert post().headers["x-cache"] == "HIT"
