@@ -36,6 +36,10 @@ class ServerConfig(Strict):
         "running then ends with an error event")
     shutdown_grace_s: float = Field(
         30.0, ge=0, description="after SIGTERM, how long in-flight requests may finish before they are cut")
+    keep_alive_s: float = Field(
+        75.0, gt=0, description="how long an idle client connection is kept open; must exceed the idle "
+        "timeout of every client and load balancer in front (ALB 60 s), or a request sent as the gateway "
+        "closes the connection is reset")
 
 
 class TimeoutConfig(Strict):
@@ -71,6 +75,9 @@ class UpstreamConfig(Strict):
     api_key_file: str | None = Field(None, description="file holding the key vLLM expects, if any")
     max_connections: int = Field(256, ge=1)
     max_keepalive: int = Field(64, ge=1)
+    keepalive_s: float = Field(
+        2.0, gt=0, description="how long an idle pooled connection to vLLM is reused; must stay below "
+        "vLLM's idle timeout (VLLM_HTTP_TIMEOUT_KEEP_ALIVE, 5 s), or requests race its close")
     timeouts: TimeoutConfig = TimeoutConfig()
     routing: RoutingConfig = RoutingConfig()
     models_refresh_s: float = Field(30.0, gt=0, description="how long the merged /v1/models is kept")

@@ -18,6 +18,9 @@ REQUEST_SECONDS = Histogram("cachestack_request_seconds",
                             ["route", "cache"], buckets=LATENCY_BUCKETS)
 IN_FLIGHT = Gauge("cachestack_in_flight_requests", "Requests being handled now")
 UPSTREAM_ERRORS = Counter("cachestack_upstream_errors_total", "Upstream failures by kind", ["code"])
+UPSTREAM_STALE_RESENDS = Counter(
+    "cachestack_upstream_stale_connection_resends_total",
+    "Requests sent again on a new connection after vLLM closed the reused idle one before answering")
 UPSTREAM_RETRIES = Counter("cachestack_upstream_retries_total",
                            "Requests sent to another replica after the first could not be reached")
 FLIGHTS = Counter("cachestack_flights_total",

@@ -5,17 +5,26 @@ more requests/s with less CPU (loadtests/bench_http_clients.py prints the compar
 failures become OpenAI-shaped 502/504 errors here, so no caller handles aiohttp exceptions.
 Closing an :class:`UpstreamResponse` early closes its connection, which is how vLLM learns that the
 client went away and aborts the generation.
+
+Idle pooled connections are kept ``upstreams.keepalive_s`` (2 s), below vLLM's own idle timeout (5 s):
+aiohttp hands out the oldest idle connection first, so with a longer expiry requests regularly went
+out on connections vLLM was closing at that moment, and after an event-loop stall on connections it had
+already closed (ServerDisconnectedError / connection reset, seen as 502 bursts in the soak). A request
+that still fails that way on a reused connection, before any response byte, is sent once more on a new
+connection: vLLM never read it, so nothing ran twice.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
 import orjson
 
+from serving import metrics
 from serving.config import UpstreamConfig
 from serving.protocol import OpenAIError
 
@@ -71,6 +80,7 @@ class UpstreamClient:
     def __init__(self, cfg: UpstreamConfig) -> None:
         self.cfg = cfg
         self._session: aiohttp.ClientSession | None = None
+        self._fresh: aiohttp.ClientSession | None = None  # new connection per request: the resend
         self._headers = {"content-type": "application/json"}
         if cfg.api_key_file:
             with open(cfg.api_key_file) as fh:
@@ -78,18 +88,23 @@ class UpstreamClient:
 
     async def start(self) -> None:
         t = self.cfg.timeouts
+        timeout = aiohttp.ClientTimeout(total=None, connect=t.connect_s, sock_connect=t.connect_s, sock_read=t.read_s)
+        reuse = aiohttp.TraceConfig()
+        reuse.on_connection_reuseconn.append(_mark_reused)
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=self.cfg.max_connections, limit_per_host=self.cfg.max_connections,
-                                           keepalive_timeout=30, ttl_dns_cache=10),
-            timeout=aiohttp.ClientTimeout(total=None, connect=t.connect_s, sock_connect=t.connect_s,
-                                          sock_read=t.read_s),
-            skip_auto_headers=("User-Agent",),
-            auto_decompress=False,
+                                           keepalive_timeout=self.cfg.keepalive_s, ttl_dns_cache=10),
+            timeout=timeout, skip_auto_headers=("User-Agent",), auto_decompress=False, trace_configs=[reuse],
+        )
+        self._fresh = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=self.cfg.max_connections, force_close=True, ttl_dns_cache=10),
+            timeout=timeout, skip_auto_headers=("User-Agent",), auto_decompress=False,
         )
 
     async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        for session in (self._session, self._fresh):
+            if session is not None:
+                await session.close()
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -103,8 +118,16 @@ class UpstreamClient:
         Raises :class:`UpstreamUnreachable` when no response byte came back (nothing to relay, so
         the caller may send the same bytes elsewhere), an :class:`OpenAIError` otherwise.
         """
+        sent = SimpleNamespace(reused=False)
         try:
-            resp = await self.session.post(base_url + path, data=body, headers=self._headers)
+            try:
+                resp = await self.session.post(base_url + path, data=body, headers=self._headers,
+                                               trace_request_ctx=sent)
+            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
+                if not sent.reused or self._fresh is None:
+                    raise
+                metrics.UPSTREAM_STALE_RESENDS.inc()  # closed by vLLM as it was reused: vLLM never read it
+                resp = await self._fresh.post(base_url + path, data=body, headers=self._headers)
         except aiohttp.ConnectionTimeoutError:
             raise UpstreamUnreachable("upstream did not accept the connection in time") from None
         except asyncio.TimeoutError:
@@ -129,3 +152,9 @@ class UpstreamClient:
         except (aiohttp.ClientError, orjson.JSONDecodeError) as exc:
             raise OpenAIError(502, f"upstream unreachable: {type(exc).__name__}", "upstream_error",
                               code="upstream_unreachable") from None
+
+
+async def _mark_reused(_session: aiohttp.ClientSession, ctx: SimpleNamespace, _params: object) -> None:
+    """aiohttp trace hook: this request went out on a pooled connection, not a new one."""
+    if ctx.trace_request_ctx is not None:
+        ctx.trace_request_ctx.reused = True

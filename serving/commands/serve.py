@@ -6,6 +6,7 @@ import argparse
 import logging
 import signal
 import sys
+from typing import Any
 
 from serving.config import ConfigError, Settings, load_config
 
@@ -32,9 +33,17 @@ def serve_gateway(settings: Settings, host: str | None = None, port: int | None 
     from serving.app import create_app
 
     signal.signal(signal.SIGTERM, _stopped)
-    uvicorn.run(create_app(settings), host=host or settings.server.host, port=port or settings.server.port,
-                loop="uvloop", http="httptools", access_log=settings.server.access_log, log_level="info",
-                timeout_graceful_shutdown=settings.server.shutdown_grace_s)
+    uvicorn.run(create_app(settings), **uvicorn_options(settings, host, port))
+
+
+def uvicorn_options(settings: Settings, host: str | None = None, port: int | None = None) -> dict[str, Any]:
+    """How the gateway's uvicorn runs: one worker, uvloop and httptools, idle client connections kept
+    ``server.keep_alive_s`` (uvicorn's own default, 5 s, is shorter than most clients' pools keep them,
+    so requests raced its close and were reset)."""
+    return {"host": host or settings.server.host, "port": port or settings.server.port, "loop": "uvloop",
+            "http": "httptools", "access_log": settings.server.access_log, "log_level": "info",
+            "timeout_graceful_shutdown": settings.server.shutdown_grace_s,
+            "timeout_keep_alive": settings.server.keep_alive_s}
 
 
 def run(args: argparse.Namespace) -> int:
