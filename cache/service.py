@@ -90,12 +90,15 @@ class Lookup:
     Filled in as the lookup goes (the embedding as soon as it exists), so a caller that stopped
     waiting for the lookup still finds the embedding here when it stores the answer. A miss also
     keeps its near candidate, which the store step judges (or compares with the fresh answer), and
-    the purge generation seen before the answer was generated (:meth:`CacheService.new_lookup`)."""
+    the purge generation seen before the answer was generated (:meth:`CacheService.new_lookup`).
+    ``finished`` is set when a running lookup ends: a miss's upstream answer can arrive before the
+    verifier has named the near candidate, and its store waits for it (in the background)."""
 
     hit: CacheHit | None = None
     embedding: np.ndarray | None = None
     near: Near | None = None
     generation: int | None = None
+    finished: asyncio.Event | None = None  # None: no lookup was started for this request
 
 
 class CacheService:
@@ -259,6 +262,7 @@ class CacheService:
         does not wait for the lookup). ``into`` is filled in as the lookup goes and returned."""
         started = time.perf_counter()
         result = into if into is not None else self.new_lookup()
+        result.finished = asyncio.Event()
         deadline = asyncio.timeout(self.deadline_s)
         try:
             async with deadline:
@@ -275,6 +279,7 @@ class CacheService:
             self.counts.add(f"lookup:{outcome}:{layer}")
             if result.hit:
                 self._count_savings(plan.model, result.hit.answer)
+            result.finished.set()
         return result
 
     async def guarded(self, call: Callable[[], Awaitable[T]], stage: str, timeout_s: float | None = None) -> T | None:
@@ -470,18 +475,22 @@ class CacheService:
         return True
 
     # -- store -------------------------------------------------------------------------------
-    def store_later(self, plan: CachePlan, answer: dict[str, Any], embedding: np.ndarray | None = None,
-                    near: Near | None = None, generation: int | None = None) -> None:
+    def store_later(self, plan: CachePlan, answer: dict[str, Any], lookup: Lookup | None = None) -> None:
         """Write a complete answer in the background: the response never waits for the cache. Then a
-        miss's near candidate gets its verdict (:meth:`_learn_from_miss`). ``generation``: the purge
-        generation seen before the answer was generated (None: now)."""
-        if plan.store and not self._background_task(
-                "store", self._store_and_learn(plan, answer, embedding, near, generation)):
+        miss's near candidate gets its verdict (:meth:`_learn_from_miss`). ``lookup``: this request's
+        (its embedding, near candidate and the purge generation seen before the answer was
+        generated); None: none ran, the generation is now's."""
+        if plan.store and not self._background_task("store", self._store_and_learn(plan, answer, lookup)):
             metrics.STORES.labels(plan.namespace, "dropped").inc()
 
-    async def _store_and_learn(self, plan: CachePlan, answer: dict[str, Any], embedding: np.ndarray | None,
-                               near: Near | None, generation: int | None) -> None:
-        if await self._store(plan, answer, embedding, generation) and near is not None and embedding is not None:
+    async def _store_and_learn(self, plan: CachePlan, answer: dict[str, Any], lookup: Lookup | None) -> None:
+        if lookup is None:
+            await self._store(plan, answer, None)
+            return
+        if lookup.finished is not None:  # bounded by the lookup's own deadline
+            await lookup.finished.wait()
+        embedding, near = lookup.embedding, lookup.near
+        if await self._store(plan, answer, embedding, lookup.generation) and near is not None and embedding is not None:
             await self._learn_from_miss(plan, answer, embedding, near)
 
     async def _learn_from_miss(self, plan: CachePlan, answer: dict[str, Any], embedding: np.ndarray,

@@ -32,7 +32,7 @@ class AfterAnswer:
 
     cache: CacheService | None
     plan: CachePlan | None
-    lookup: Lookup  # its embedding is filled in when the lookup ends, before any answer arrives
+    lookup: Lookup  # filled in by the lookup as it goes; the store waits for it to finish
     charge: Callable[[int], None] | None = None  # the tenant's token rate limit (serving/rate_limits.py)
 
     def __call__(self, answer: dict[str, Any]) -> None:
@@ -47,5 +47,4 @@ class AfterAnswer:
         if cached:
             metrics.CACHED_PROMPT_TOKENS.labels(model).inc(cached)
         if self.cache is not None and self.plan is not None and self.plan.store and storable(answer):
-            self.cache.store_later(self.plan, answer, self.lookup.embedding, self.lookup.near,
-                                  self.lookup.generation)
+            self.cache.store_later(self.plan, answer, self.lookup)

@@ -91,11 +91,11 @@ async def _handle(request: Request, gw: Gateway, kind: str, tenant: str) -> Resp
 
     if gw.cache is not None and plan is not None and plan.lookup:
         try:
-            found = await gw.cache.lookup(plan, miss.start if gw.cfg.cache.speculative_upstream else None)
+            found = await gw.cache.lookup(plan, miss.start if gw.cfg.cache.speculative_upstream else None,
+                                          into=lookup)  # the miss's store reads it once it is finished
         except BaseException:
             miss.abandon()
             raise
-        lookup.embedding, lookup.near = found.embedding, found.near
         if found.hit is not None:
             miss.abandon()
             timer.observe("HIT")

@@ -76,7 +76,7 @@ async def cached_then_asked(svc: CacheService, fresh: str) -> Any:
     found = await svc.lookup(plan_b)
     assert found.hit is None and found.near is not None
     assert 0.3 <= found.near.score < 0.99
-    svc.store_later(plan_b, answer(fresh), found.embedding, found.near)
+    svc.store_later(plan_b, answer(fresh), found)
     return found
 
 
@@ -99,6 +99,32 @@ async def test_a_yes_stores_the_new_question_as_an_alias_so_its_next_ask_hits(re
         # the yes is a verdict on the cached entry, shared through Redis
         target = await svc.store.redis.hget(svc.store.key(found.near.candidate.entry_id), "verdicts")
         assert [v.correct for v in unpack(target)] == [True]
+    finally:
+        await svc.aclose()
+
+
+async def test_an_answer_that_comes_before_the_verifier_decided_still_gets_its_near_candidate_judged(
+        redis_url: str, embedder: Any) -> None:
+    """The gateway starts a miss's upstream call as the semantic stage begins, so on a busy machine
+    the answer can arrive while the verifier still runs: its store waits for the lookup to end and
+    then hands the near candidate to the judge, as it does when the lookup ends first."""
+    svc = service(redis_url, embedder, f"bj{uuid.uuid4().hex[:8]}")
+    judge = svc.judge = FakeJudge(4.0)
+    try:
+        assert await svc.connect()
+        assert await svc._store(svc.plan("chat", chat(CACHED), CALLER, CacheControl(), None), answer("Answer A"), None)
+        plan = svc.plan("chat", chat(ASKED), CALLER, CacheControl(), None)
+        running = svc.new_lookup()
+        task = asyncio.create_task(svc.lookup(plan, into=running))
+        await asyncio.sleep(0)  # the lookup has started; nothing is embedded or decided yet
+        assert running.finished is not None and not running.finished.is_set() and running.near is None
+        svc.store_later(plan, answer("Answer B"), running)  # the upstream answer, first
+        found = await task
+        await svc.drain()
+        assert found.hit is None and found.near is not None
+        assert judge.calls == [("smollm2", found.near.candidate.query, plan.query)]
+        again = await svc.lookup(plan)
+        assert again.hit is not None and content(again.hit.answer) == "Answer A"  # the judge's yes: an alias
     finally:
         await svc.aclose()
 
