@@ -175,15 +175,19 @@ async def drive(url: str, pid: int, redis_url: str, *, duration_s: float, rate: 
             res.sent += 1
         if outstanding:
             await asyncio.wait(outstanding)
-        await asyncio.sleep(sample_s)  # one sample after the last answer
+        sampling.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sampling
         async with http.get(url + "/metrics") as m:  # what the client's 5xx were, from the gateway's side
             for line in (await m.text()).splitlines():
                 if line.startswith("cachestack_upstream_errors_total{"):
                     labels, value = line.rsplit(" ", 1)
                     res.upstream_errors[labels.split('code="', 1)[1].split('"', 1)[0]] = float(value)
-        sampling.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await sampling
+    # The last sample is taken idle with this client's keep-alive connections closed: the gateway keeps
+    # idle client connections for server.keep_alive_s (75 s), so they would count as open fds.
+    await asyncio.sleep(sample_s)
+    res.samples.append(Sample(round(time.monotonic() - started, 1), round(_rss_mb(pid), 1), _fds(pid),
+                              int(r.info("clients")["connected_clients"]), done))
     r.close()
     res.errors = dict(errors)
     res.cache_outcomes = dict(outcomes)
