@@ -138,6 +138,8 @@ class DecisionConfig(Strict):
         "default", description="'none', 'default' (the shipped cross-encoder) or a path"
     )
     verifier_threshold: float | None = Field(None, ge=0.0, le=1.0, description="None: the model's calibrated default (verifier.json)")
+    confident_gate: bool = Field(True, description="serve a pair the cross-encoder alone is sure of from the "
+                                                   "calibrated confident_floor up (verifier.json; cache/decision.py)")
     verifier_threads: int = Field(1, ge=1, description="onnxruntime threads of the verifier")
     max_batch: int = Field(32, ge=1, description="lookups whose candidates the verifier scores in one run")
     guards: bool = Field(True, description="reject pairs that differ in numbers, negation, ...")
@@ -174,6 +176,7 @@ class NamespaceConfig(Strict):
         "auth.end_user_header) as well as by tenant; a request naming no end user bypasses the cache")
     threshold: float | None = Field(None, ge=-1.0, le=1.0, description="overrides decision.threshold")
     verifier_threshold: float | None = Field(None, ge=0.0, le=1.0)
+    confident_gate: bool | None = Field(None, description="overrides decision.confident_gate")
     sampled: SamplingPolicy = Field(
         "never",
         description="answers sampled at temperature > 0: never cached, exact only, or all layers",

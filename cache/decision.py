@@ -40,6 +40,7 @@ class RuleSettings:
 
     threshold: float
     verifier_threshold: float | None = None
+    confident: bool = True  # the verifier's confident gate, where its calibration has one
 
 
 #: The cosine threshold without a verifier when none is configured (docs/decision-quality.md).
@@ -91,11 +92,17 @@ class VerifiedRule:
     For every item: candidates at or above ``settings.threshold`` (the cosine floor) are kept, each is
     checked by the lexical guards (numbers, negation, opposite words, direction, time), and the
     verifier scores the survivors in batches: first every item's nearest survivor, then the other
-    survivors of the items that one did not settle. An item hits on its candidate with the highest
-    verifier probability when that is at least ``settings.verifier_threshold`` (None: the shipped
-    model's calibrated default). An exact match of the normalised queries is always a hit. A pair
-    too long for the verifier to read whole is a miss ("too long to verify"), never a truncated read.
-    Without a verifier (``verifier=None``) the score is the cosine and the guards still apply.
+    survivors of the items that one did not settle. A candidate is served when its verifier
+    probability is at least ``settings.verifier_threshold`` (None: the shipped model's calibrated
+    default), or, with the confident gate (``settings.confident``, where the verifier's calibration has
+    one), when the cross-encoder alone is sure (its own sigmoid(logit)
+    at least ``confident_threshold``) from a cosine of ``confident_floor`` up, even below the floor:
+    the calibrated probability leans on the cosine, and heavy rewordings (support-desk requests) have
+    low cosines that no single floor serves without letting QQP-style near-misses through. Of the
+    candidates served, the one with the highest probability wins. An exact match of the normalised
+    queries is always a hit. A pair too long for the verifier to read whole is a miss ("too long to
+    verify"), never a truncated read. Without a verifier (``verifier=None``) the score is the cosine
+    and the guards still apply.
     """
 
     def __init__(
@@ -111,6 +118,10 @@ class VerifiedRule:
         if default_verifier_threshold is None and verifier is not None:
             default_verifier_threshold = verifier.meta.default_threshold
         self.default_verifier_threshold = default_verifier_threshold if default_verifier_threshold is not None else 0.5
+        meta = verifier.meta if verifier is not None else None
+        self.confident: tuple[float, float] | None = None  # (cross-encoder probability, cosine floor)
+        if meta is not None and meta.confident_threshold is not None and meta.confident_floor is not None:
+            self.confident = (meta.confident_threshold, meta.confident_floor)
 
     def decide(
         self, items: Sequence[tuple[str, Sequence[Candidate]]], settings: RuleSettings
@@ -118,6 +129,7 @@ class VerifiedRule:
         vthr = settings.verifier_threshold
         if vthr is None:
             vthr = self.default_verifier_threshold
+        gate = self.confident if settings.confident else None
         out: list[Decision | None] = [None] * len(items)
         pending: list[tuple[int, Candidate]] = []  # (item index, candidate) for the verifier
         vetoed: dict[int, tuple[Candidate, str]] = {}
@@ -130,7 +142,8 @@ class VerifiedRule:
             if exact is not None:
                 out[i] = Decision(True, exact, 1.0, "same query")
                 continue
-            above = [c for c in ranked if c.similarity >= settings.threshold]
+            low = min(settings.threshold, gate[1]) if gate else settings.threshold
+            above = [c for c in ranked if c.similarity >= low]
             if not above:
                 out[i] = Decision(False, ranked[0], ranked[0].similarity, "below threshold")
                 continue
@@ -140,52 +153,59 @@ class VerifiedRule:
                     pending.append((i, c))
                 elif i not in vetoed:
                     vetoed[i] = (c, reason)
-        best: dict[int, tuple[Candidate, float]] = {}
+        best: dict[int, Decision] = {}
         too_long: dict[int, Candidate] = {}  # the verifier could not read the pair whole
         if self.verifier is None:
             for i, c in pending:
-                if i not in best or c.similarity > best[i][1]:
-                    best[i] = (c, c.similarity)
+                if c.similarity >= settings.threshold and (i not in best or c.similarity > best[i].score):
+                    best[i] = Decision(True, c, c.similarity, "cosine + guards")
         else:
             # Round 1 scores each item's nearest surviving candidate; only items it does not settle
             # have their other candidates scored (round 2). A hit then costs one verifier pair, not k.
             first: dict[int, Candidate] = {}
             for i, c in pending:
                 first.setdefault(i, c)
-            self._score(list(first.items()), items, best, too_long)
-            unsettled = {i for i in first if i not in best or best[i][1] < vthr}
-            self._score([(i, c) for i, c in pending if i in unsettled and c is not first[i]], items, best, too_long)
+            self._score(list(first.items()), items, settings.threshold, vthr, gate, best, too_long)
+            unsettled = {i for i in first if i not in best or not best[i].hit}
+            self._score([(i, c) for i, c in pending if i in unsettled and c is not first[i]], items,
+                        settings.threshold, vthr, gate, best, too_long)
         for i in range(len(items)):
             if out[i] is not None:
                 continue
             if i in best:
-                c, s = best[i]
-                if self.verifier is None:
-                    out[i] = Decision(True, c, s, "cosine + guards")
-                elif s >= vthr:
-                    out[i] = Decision(True, c, s, "verified")
-                else:
-                    out[i] = Decision(False, c, s, "verifier rejected")
+                out[i] = best[i]
             elif i in too_long:
                 out[i] = Decision(False, too_long[i], 0.0, "too long to verify")
-            else:
+            elif i in vetoed:
                 c, reason = vetoed[i]
                 out[i] = Decision(False, c, 0.0, f"guard: {reason}")
+            else:  # only candidates below the floor, kept for a confident gate that did not open
+                c = max(items[i][1], key=lambda c: c.similarity)
+                out[i] = Decision(False, c, c.similarity, "below threshold")
         return [d for d in out if d is not None]
 
     def _score(self, pairs: Sequence[tuple[int, Candidate]], items: Sequence[tuple[str, Sequence[Candidate]]],
-               best: dict[int, tuple[Candidate, float]], too_long: dict[int, Candidate]) -> None:
-        """Verifier probabilities for (item index, candidate) pairs in one batch; keeps each item's best.
-        A pair the verifier cannot read whole (NaN) is never a hit: it goes to ``too_long``."""
+               floor: float, vthr: float, gate: tuple[float, float] | None, best: dict[int, Decision],
+               too_long: dict[int, Candidate]) -> None:
+        """Verifier scores for (item index, candidate) pairs in one batch; keeps each item's best
+        decision (a hit over a rejection, then the higher probability). A pair the verifier cannot
+        read whole (NaN) is never a hit: it goes to ``too_long``."""
         if not pairs or self.verifier is None:
             return
-        scores = self.verifier.probabilities([(c.query, items[i][0]) for i, c in pairs],
-                                             [c.similarity for _, c in pairs])
-        for (i, c), p in zip(pairs, scores, strict=True):
+        probs, own = self.verifier.scores([(c.query, items[i][0]) for i, c in pairs], [c.similarity for _, c in pairs])
+        for (i, c), p, q in zip(pairs, probs, own, strict=True):
             if math.isnan(p):
                 too_long.setdefault(i, c)
-            elif i not in best or float(p) > best[i][1]:
-                best[i] = (c, float(p))
+                continue
+            if gate is not None and q >= gate[0] and c.similarity >= gate[1]:
+                d = Decision(True, c, float(p), "confident")
+            elif c.similarity >= floor:
+                d = Decision(p >= vthr, c, float(p), "verified" if p >= vthr else "verifier rejected")
+            else:
+                continue  # below the floor and not confident: not a candidate
+            held = best.get(i)
+            if held is None or (d.hit, d.score) > (held.hit, held.score):
+                best[i] = d
 
 
 def decide_each(rule: DecisionRule,
@@ -207,8 +227,8 @@ def build_rule(cfg: Any = None, *, embedder: str | None = None) -> VerifiedRule 
 
     ``cfg`` is anything with the fields of the gateway's decision config (an object or a mapping):
     ``verifier`` ('none' | 'default' | a directory holding verifier.json), ``guards`` (bool) and
-    ``verifier_threshold`` (None: the model's calibrated default). ``threshold`` and ``top_k`` are read
-    by the caller and arrive through :class:`RuleSettings` and the candidate list. ``embedder`` (the
+    ``verifier_threshold`` (None: the model's calibrated default). ``threshold``, ``confident_gate``
+    and ``top_k`` are read by the caller and arrive through :class:`RuleSettings` and the candidate list. ``embedder`` (the
     config's ``embedder.model``) picks the verifier calibration fitted on that embedder's cosines.
     """
     verifier_name = str(_field(cfg, "verifier", "default") or "none")
@@ -231,7 +251,8 @@ def shipped_defaults(embedder: str | None = None) -> RuleSettings:
     return RuleSettings(threshold=meta.default_floor, verifier_threshold=meta.default_threshold)
 
 
-def resolve_settings(rule: DecisionRule, threshold: float | None, verifier_threshold: float | None) -> RuleSettings:
+def resolve_settings(rule: DecisionRule, threshold: float | None, verifier_threshold: float | None,
+                     confident: bool = True) -> RuleSettings:
     """Configured values, or the rule's calibrated defaults where the config leaves them None."""
     return RuleSettings(threshold=threshold if threshold is not None else rule.default_floor,
-                        verifier_threshold=verifier_threshold)
+                        verifier_threshold=verifier_threshold, confident=confident)

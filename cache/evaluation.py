@@ -151,8 +151,9 @@ class PairScores:
 
 
 def score_pairs(pairs: Sequence[tuple[str, str, int]], embedder: Any, rule: Any, floor: float,
-                batch: int = 2048) -> PairScores:
-    """Run the rule on every pair at cosine floor ``floor`` and verifier threshold 0."""
+                batch: int = 2048, confident: bool = True) -> PairScores:
+    """Run the rule on every pair at cosine floor ``floor`` and verifier threshold 0 (``confident``:
+    with the verifier's confident gate)."""
     import time
 
     na = [normalise_query(a) for a, _, _ in pairs]
@@ -164,7 +165,7 @@ def score_pairs(pairs: Sequence[tuple[str, str, int]], embedder: Any, rule: Any,
     ib = np.fromiter((index[t] for t in nb), dtype=np.int64, count=len(nb))
     cos = np.einsum("ij,ij->i", vecs[ia], vecs[ib]).astype(np.float32)
     labels = np.array([y for _, _, y in pairs], dtype=np.int8)
-    settings = RuleSettings(threshold=floor, verifier_threshold=0.0)
+    settings = RuleSettings(threshold=floor, verifier_threshold=0.0, confident=confident)
     passed = np.zeros(len(pairs), dtype=bool)
     score = np.zeros(len(pairs), dtype=np.float32)
     reasons: list[str] = []
@@ -187,9 +188,16 @@ def hits_at(ps: PairScores, threshold: float, verifier_threshold: float | None) 
     hit = ps.passed & (ps.cosine >= threshold)
     if ps.uses_verifier:
         hit &= ps.score >= (verifier_threshold if verifier_threshold is not None else 0.0)
-    # an exact match is a hit whatever the thresholds (as in the rule)
-    hit |= ps.passed & np.array([r == "same query" for r in ps.reasons], dtype=bool)
-    return hit
+    return hit | always_hits(ps)
+
+
+#: reasons the rule serves whatever the floor and verifier threshold: an exact match, and the
+#: verifier's confident gate (cache/decision.py), whose own settings come with the verifier
+ALWAYS = ("same query", "confident")
+
+
+def always_hits(ps: PairScores) -> np.ndarray:
+    return ps.passed & np.array([r in ALWAYS for r in ps.reasons], dtype=bool)
 
 
 @dataclass
@@ -265,7 +273,7 @@ def best_at_precision(ps: PairScores, target: float, floors: Sequence[float] | N
     pos = int(ps.label.sum())
     neg = len(ps.label) - pos
     weights = _class_weights(pos, neg, base_rate)
-    exact = ps.passed & np.array([r == "same query" for r in ps.reasons], dtype=bool)
+    exact = always_hits(ps)
     best: Point | None = None
     if ps.uses_verifier:
         floor_list = floors if floors is not None else [ps.floor]

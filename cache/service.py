@@ -46,7 +46,7 @@ T = TypeVar("T")
 Judge = Callable[[str, str, str], Awaitable[float | None]]
 STORE_ERRORS = (RedisError, RedisVLError, OSError, asyncio.TimeoutError)
 # reasons of a decision on a candidate past the floor and the guards, scored by the rule
-_SCORED = ("same query", "verified", "verifier rejected", "cosine", "cosine + guards")
+_SCORED = ("same query", "verified", "confident", "verifier rejected", "cosine", "cosine + guards")
 
 
 def timed_out(exc: BaseException | None) -> bool:
@@ -399,6 +399,7 @@ class CacheService:
             self.rule,
             ns.threshold if ns.threshold is not None else self.cfg.decision.threshold,
             ns.verifier_threshold if ns.verifier_threshold is not None else self.cfg.decision.verifier_threshold,
+            ns.confident_gate if ns.confident_gate is not None else self.cfg.decision.confident_gate,
         )
         candidates = [Candidate(n.entry_id, n.query, n.similarity) for n in neighbours]
         decision = await self._decider.submit((plan.query, candidates, settings), bounded=True)

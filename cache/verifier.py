@@ -6,7 +6,8 @@ ONNX and quantised to int8. It runs on onnxruntime with the ``tokenizers`` token
 time, about 1-3 ms per pair on one CPU thread.
 
 Its output is turned into a probability by a logistic layer over (cross-encoder logit, cosine) fitted
-on the calibration bucket (never on the check part); ``verifier.json`` holds that layer, the
+on the calibration bucket (never on the check part); the cross-encoder's own sigmoid(logit) is
+returned too, for the rule's confident gate. ``verifier.json`` holds that layer, the
 length the model was trained at and the default floor and verifier threshold that meet the shipped
 target. The cosine is the embedder's, so the layer is fitted per embedder: ``calibrations`` maps an
 embedder name (the config's ``embedder.model``) to its own layer and defaults; the top-level values
@@ -45,6 +46,10 @@ class VerifierMeta:
     w_cos: float = 0.0
     default_threshold: float = 0.5
     default_floor: float = 0.75
+    # The cross-encoder's own sigmoid(logit) at which a pair is served on the verifier's word alone,
+    # from a cosine of confident_floor up (cache/decision.py); None: no such gate.
+    confident_threshold: float | None = None
+    confident_floor: float | None = None
 
 
 class VerifierError(RuntimeError):
@@ -116,9 +121,14 @@ class CrossEncoderVerifier:
 
     def probabilities(self, pairs: Sequence[tuple[str, str]], cosines: Sequence[float]) -> np.ndarray:
         """Calibrated probability that each pair asks the same thing; NaN for a pair too long to read."""
+        return self.scores(pairs, cosines)[0]
+
+    def scores(self, pairs: Sequence[tuple[str, str]], cosines: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+        """(calibrated probability over logit and cosine, the cross-encoder's own sigmoid(logit)) per
+        pair; NaN for a pair too long to read."""
         if not pairs:
-            return np.zeros(0, dtype=np.float32)
+            return np.zeros(0, dtype=np.float32), np.zeros(0, dtype=np.float32)
         z = self.logits(pairs)
         m = self.meta
         x = m.bias + m.w_logit * z + m.w_cos * np.asarray(cosines, dtype=np.float32)
-        return (1.0 / (1.0 + np.exp(-x))).astype(np.float32)
+        return (1.0 / (1.0 + np.exp(-x))).astype(np.float32), (1.0 / (1.0 + np.exp(-z))).astype(np.float32)

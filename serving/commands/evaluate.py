@@ -66,7 +66,8 @@ def _setup(args: argparse.Namespace) -> tuple[Any, Any, Any, list[tuple[str, str
     ns = settings.cache.namespaces[ns_name]
     d = settings.cache.decision
     rs = (ns.threshold if ns.threshold is not None else d.threshold,
-          ns.verifier_threshold if ns.verifier_threshold is not None else d.verifier_threshold)
+          ns.verifier_threshold if ns.verifier_threshold is not None else d.verifier_threshold,
+          ns.confident_gate if ns.confident_gate is not None else d.confident_gate)
     return settings, ns_name, rs, pairs
 
 
@@ -85,7 +86,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from cache.verifier import VerifierError
 
     try:
-        settings, _ns, (threshold, vthr), pairs = _setup(args)
+        settings, _ns, (threshold, vthr, confident), pairs = _setup(args)
     except (ConfigError, PairsFileError) as exc:
         return _fail(str(exc))
     try:
@@ -93,8 +94,8 @@ def run_eval(args: argparse.Namespace) -> int:
     except VerifierError as exc:
         return _fail(str(exc))
     rs = resolve_settings(rule, args.threshold if args.threshold is not None else threshold,
-                          args.verifier_threshold if args.verifier_threshold is not None else vthr)
-    ps = score_pairs(pairs, embedder, rule, rs.threshold)
+                          args.verifier_threshold if args.verifier_threshold is not None else vthr, confident)
+    ps = score_pairs(pairs, embedder, rule, rs.threshold, confident=confident)
     d = settings.cache.decision
     summary = summarise(ps, rs, str(d.verifier), bool(d.guards), getattr(rule, "default_verifier_threshold", None))
     print(format_table(summary))
@@ -123,9 +124,15 @@ def run_calibrate(args: argparse.Namespace) -> int:
         embedder, rule = _build(settings)
     except VerifierError as exc:
         return _fail(str(exc))
-    ps = score_pairs(pairs, embedder, rule, args.min_threshold)
     floors = [float(f) for f in np.round(np.arange(args.min_threshold, 0.9751, 0.025), 4)]
-    best = best_at_precision(ps, args.target_precision, floors, base_rate=args.base_rate)
+    # with and without the verifier's confident gate: its hits count at every floor and threshold, so
+    # a namespace whose pairs it serves wrongly reaches its target only with the gate off
+    best, gate = None, True
+    for confident in ((True, False) if getattr(rule, "confident", None) else (True,)):
+        found = best_at_precision(score_pairs(pairs, embedder, rule, args.min_threshold, confident=confident),
+                                  args.target_precision, floors, base_rate=args.base_rate)
+        if found is not None and (best is None or found.true_hits > best.true_hits):
+            best, gate = found, confident
     if best is None:
         print(f"cachestack: no settings reach precision {args.target_precision} on these pairs", file=sys.stderr)
         return 1
@@ -142,4 +149,6 @@ def run_calibrate(args: argparse.Namespace) -> int:
     print(f"      threshold: {math.floor(best.threshold * 1e6) / 1e6}")
     if vthr is not None:
         print(f"      verifier_threshold: {vthr}")
+    if getattr(rule, "confident", None):
+        print(f"      confident_gate: {'true' if gate else 'false'}")
     return 0

@@ -77,8 +77,8 @@ def test_paraphrases_hit_at_defaults(embedder: Embedder, rule: VerifiedRule) -> 
     # the rule is tuned for precision first (QQP-calibrated): at least half of these paraphrases hit
     assert hits >= len(PARAPHRASES) // 2, [(it[0], d.score, d.reason) for it, d in zip(items, decisions, strict=True)]
     for d in decisions:
-        if d.hit:
-            assert d.reason == "verified" and d.score >= settings.verifier_threshold
+        if d.hit:  # served by the calibrated probability, or by the cross-encoder's confident gate
+            assert (d.reason == "verified" and d.score >= settings.verifier_threshold) or d.reason == "confident"
 
 
 def test_plain_threshold_would_hit_the_near_misses(embedder: Embedder) -> None:
@@ -142,13 +142,13 @@ def test_verifier_scores_the_nearest_survivor_first_and_the_rest_only_when_neede
     """A hit costs one verifier pair; the other candidates are scored only when the nearest fails."""
     rule = build_rule({"verifier": "default", "guards": True})
     scored: list[list[tuple[str, str]]] = []
-    real = rule.verifier.probabilities
+    real = rule.verifier.scores
 
     def counting(pairs, cosines):  # type: ignore[no-untyped-def]
         scored.append(list(pairs))
         return real(pairs, cosines)
 
-    rule.verifier.probabilities = counting  # type: ignore[method-assign]
+    rule.verifier.scores = counting  # type: ignore[method-assign]
     q = "how can i reset my password"
     good = Candidate("a", "how do i reset my password", 0.93)
     others = [Candidate("b", "how do i reset my router", 0.85), Candidate("c", "how do i reset my phone", 0.84)]
@@ -185,7 +185,7 @@ def test_a_pair_that_differs_only_past_64_tokens_is_judged_on_its_end(embedder: 
     # at a threshold the reworded ending meets, the other ending is still refused
     s = RuleSettings(threshold=0.8, verifier_threshold=float(p_re) - 0.01)
     d_re, d_other = rule.decide([(reworded, [c_re]), (other, [c_other])], s)
-    assert d_re.hit and d_re.reason == "verified"
+    assert d_re.hit and d_re.reason in ("verified", "confident")
     assert not d_other.hit and d_other.reason == "verifier rejected"
 
 

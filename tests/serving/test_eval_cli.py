@@ -92,6 +92,10 @@ def test_calibrate_prints_a_namespace_snippet(pairs_file: Path, shipped_cfg: Pat
     snippet = yaml.safe_load(capsys.readouterr().out)
     ns = snippet["cache"]["namespaces"]["default"]
     assert -1.0 <= ns["threshold"] <= 1.0 and 0.0 <= ns["verifier_threshold"] <= 1.0
+    assert isinstance(ns["confident_gate"], bool)  # the shipped verifier has a confident gate
+    from cache.config import NamespaceConfig
+
+    NamespaceConfig(**ns)  # the snippet is valid config as printed
 
 
 @pytest.mark.parametrize(
