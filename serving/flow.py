@@ -8,7 +8,6 @@ miss's upstream call started speculatively (speculation.py) -> 6a HIT: hits.py -
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 import time
@@ -91,17 +90,13 @@ async def _handle(request: Request, gw: Gateway, kind: str, tenant: str) -> Resp
                                                   kind, parsed))
 
     if gw.cache is not None and plan is not None and plan.lookup:
-        looking = asyncio.ensure_future(gw.cache.lookup(
-            plan, miss.start if gw.cfg.cache.speculative_upstream else None, into=lookup))  # the store reads it
         try:
-            found = await miss.unless_ready(looking, _servable)
+            found = await gw.cache.lookup(plan, miss.start if gw.cfg.cache.speculative_upstream else None,
+                                          into=lookup)  # the miss's store reads it once it is finished
         except BaseException:
-            looking.cancel()
             miss.abandon()
             raise
-        if found is None:  # vLLM answered before the lookup decided: a miss, and the lookup is dropped
-            looking.cancel()
-        elif found.hit is not None:
+        if found.hit is not None:
             miss.abandon()
             timer.observe("HIT")
             gw.cache.maybe_shadow(plan, found.hit, partial(fresh_answer, gw, path, body, forward))
@@ -119,12 +114,6 @@ async def _handle(request: Request, gw: Gateway, kind: str, tenant: str) -> Resp
     status, data, ctype = outcome
     timer.observe(result)
     return Response(data, status, media_type=ctype, headers=cache_headers(result))
-
-
-def _servable(outcome: Outcome) -> bool:
-    """An upstream outcome a miss may be answered with before its lookup ends: an opened stream or a
-    200 (an error waits: the lookup may still find a hit)."""
-    return isinstance(outcome, OpenedStream) or (isinstance(outcome, tuple) and outcome[0] == 200)
 
 
 def _plan(gw: Gateway, request: Request, kind: str, body: dict[str, Any], tenant: str) -> CachePlan | None:
