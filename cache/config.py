@@ -236,6 +236,9 @@ class ReplicasConfig(Strict):
         2000, ge=100, description="single-flight lease across replicas (SET NX PX), renewed while the leader "
         "generates: a leader that dies releases its followers after at most this (plus flight_poll_ms)")
     flight_poll_ms: int = Field(250, ge=10, description="a follower checks its leader's lease this often")
+    flight_batch_ms: int = Field(
+        20, ge=0, description="a streaming leader writes its chunks for followers at most this often "
+        "(one XADD per batch; the first chunk at once)")
     stats_flush_s: float = Field(
         1.0, gt=0, description="how often a replica adds its counts to the fleet's (stats API, shadow estimate)")
     flight_max_wait_s: float = Field(

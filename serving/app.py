@@ -84,7 +84,8 @@ def build_flights(settings: Settings) -> ReplicaFlights:
     r, rc = settings.redis, settings.cache.replicas
     client = client_for(r, socket_connect_timeout=r.store_timeout_ms / 1000.0, max_connections=r.max_connections)
     return ReplicaFlights(client, f"{r.index_prefix}", lease_ms=rc.flight_lease_ms, poll_ms=rc.flight_poll_ms,
-                          max_wait_s=rc.flight_max_wait_s, op_timeout_s=r.lookup_budget_ms / 1000.0)
+                          max_wait_s=rc.flight_max_wait_s, op_timeout_s=r.lookup_budget_ms / 1000.0,
+                          batch_ms=rc.flight_batch_ms)
 
 
 def build_limiter(settings: Settings) -> RateLimiter | None:

@@ -32,7 +32,8 @@ from serving.protocol import (ChatCompletionRequest, CompletionRequest, OpenAIEr
 from serving.responses_events import ResponsesAssembler, owns_response, tenant_response_id
 from serving.relay import OpenedStream, RequestTimer, call, json_object, open_stream, relay_stream
 from serving.router import affinity_text
-from serving.singleflight import Lead
+from serving.shared_stream import following_response
+from serving.singleflight import Following, Lead
 from serving.speculation import Speculation
 from serving.streaming import StreamAssembler
 
@@ -148,8 +149,8 @@ class Miss:
 
     A storable miss is single-flight twice over: identical misses in this process share one call
     (serving/singleflight.py ``SingleFlight``), and across replicas one process leads through a Redis
-    lease (``ReplicaFlights``) while the others get its answer (a stream follower gets it replayed
-    once it is complete)."""
+    lease (``ReplicaFlights``) while the others get its answer (a stream follower of a streaming
+    leader gets its chunks as they come, serving/shared_stream.py)."""
 
     gw: Gateway
     path: str
@@ -175,9 +176,12 @@ class Miss:
         if flights is None or cache is None or plan is None or not plan.store or self.kind == "responses" \
                 or cache.degraded:
             return None
-        claim = await flights.claim(plan.exact_key)
+        claim = await flights.claim(plan.exact_key, stream=self.stream)
         if isinstance(claim, dict):
             return answer_response(claim, self.kind, self.parsed, {})
+        if isinstance(claim, Following):  # the leader streams: its chunks, relayed as they come
+            return following_response(claim, self.kind, bool(self.parsed.stream_options
+                                                             and self.parsed.stream_options.include_usage))
         return claim
 
     async def _open(self) -> OpenedStream | Response:

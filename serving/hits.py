@@ -29,6 +29,11 @@ def cache_headers(result: str, hit: CacheHit | None = None) -> dict[str, str]:
     return headers
 
 
+def fresh_id(kind: str) -> str:
+    """An id for an answer this gateway gives from another generation than the client's own."""
+    return f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-cache-{uuid.uuid4().hex}"
+
+
 def hit_response(hit: CacheHit, kind: str, parsed: SamplingFields | ResponsesRequest) -> Response:
     """The stored answer under a fresh id and creation time, in the shape the request asked for."""
     return answer_response(hit.answer, kind, parsed, cache_headers("HIT", hit))
@@ -39,8 +44,7 @@ def answer_response(answer: dict[str, Any], kind: str, parsed: SamplingFields | 
     """A complete answer (a hit's, or another replica's generation) as JSON or a replayed stream."""
     if kind == "responses":  # fresh response and item ids; a stream replays the typed events
         return _response_hit(answer, parsed.stream, headers)
-    prefix = "chatcmpl" if kind == "chat" else "cmpl"
-    new_id = f"{prefix}-cache-{uuid.uuid4().hex}"
+    new_id = fresh_id(kind)
     created = int(time.time())
     if parsed.stream:
         include_usage = bool(parsed.stream_options and parsed.stream_options.include_usage)

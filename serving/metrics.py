@@ -25,8 +25,9 @@ UPSTREAM_RETRIES = Counter("cachestack_upstream_retries_total",
                            "Requests sent to another replica after the first could not be reached")
 FLIGHTS = Counter("cachestack_flights_total",
                   "Single-flight across replicas: leader, takeover (led after a leader failed), followed "
-                  "(answered by another replica's generation), alone (Redis trouble), gave_up (waited too "
-                  "long), published, aborted", ["event"])
+                  "(answered by another replica's generation), relayed (a stream follower relaying the "
+                  "leader's chunks as they come), broke_off (such a relay ended by an error event), alone "
+                  "(Redis trouble), gave_up (waited too long), published, aborted", ["event"])
 RATE_LIMITED = Counter("cachestack_rate_limited_total", "Requests refused with 429 by the per-tenant rate "
                        "limits, by the limit reached", ["limit"])  # requests, tokens
 RATE_LIMIT_SKIPPED = Counter("cachestack_rate_limit_skipped_total",

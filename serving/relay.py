@@ -177,6 +177,8 @@ def relay_stream(opened: OpenedStream, assembler: StreamAssembler | ResponsesAss
         try:
             with lease.failing_on_upstream_error():
                 async for chunk in resp.chunks():
+                    if opened.flight is not None:
+                        opened.flight.relay(chunk)  # followers on other replicas get it as it comes
                     out = assembler.feed(chunk)
                     if out:
                         timer.observe(result)
