@@ -104,12 +104,17 @@ class Lead:
         self._publishing = False
 
     async def _renewing(self) -> None:
+        """The lease, and the chunk stream (if any yet) one lease longer, every ``lease_ms / 3``."""
         f = self._flights
         while True:
             await asyncio.sleep(f.lease_ms / 3000.0)
             with contextlib.suppress(RedisError, OSError, TimeoutError):
                 async with asyncio.timeout(f.op_timeout_s):
-                    if not await f.redis.eval(_EXTEND, 1, f.lease_key(self.key), self.token, f.lease_ms):
+                    async with f.redis.pipeline(transaction=False) as pipe:
+                        pipe.eval(_EXTEND, 1, f.lease_key(self.key), self.token, f.lease_ms)
+                        pipe.pexpire(f.result_key(self.key, self.token), f.lease_ms * 2)
+                        held, _ = await pipe.execute()
+                    if not held:
                         return  # lost it (expired during a Redis hiccup): followers take over
 
     def relay(self, data: bytes) -> None:
@@ -170,8 +175,8 @@ class Lead:
                     answer = self._final
                     fields = {"answer": orjson.dumps(answer)} if answer is not None else {"abort": "1"}
                     pipe.xadd(stream, fields)  # type: ignore[arg-type]
-                # the stream outlives the lease (renewed every lease_ms / 3) by one lease_ms
-                pipe.pexpire(stream, f.lease_ms * 2)
+                if final or self._seq == 1:  # created now, or its last entry: it outlives the lease
+                    pipe.pexpire(stream, f.lease_ms * 2)  # by one lease_ms (renewed with the lease)
                 # an answer keeps the lease a while: a latecomer reads it here instead of generating
                 # again before the background store lands; a failure frees it for a new leader
                 if final and answer is not None:

@@ -31,13 +31,18 @@ ADMIN = "admin-secret-replicas"
 
 class CountingProxy:
     """Forwards to vLLM and counts generation requests; ``fail_next`` answers that many with 500 after
-    ``fail_after_s`` (a leader whose upstream fails, which a real vLLM cannot be made to do on cue)."""
+    ``fail_after_s`` (a leader whose upstream fails, which a real vLLM cannot be made to do on cue).
+    ``event_delay_s`` paces vLLM's stream events (a slow token rate, so that a relay's timing shows),
+    and ``break_stream_after`` cuts the next stream's connection after that many events (an upstream
+    that breaks off mid-stream)."""
 
     def __init__(self, upstream: str) -> None:
         self.upstream = upstream
         self.calls = 0
         self.fail_next = 0
         self.fail_after_s = 1.0
+        self.event_delay_s = 0.0
+        self.break_stream_after: int | None = None
         self.client: httpx.AsyncClient | None = None
 
     async def generate(self, request: Request) -> Response:
@@ -52,8 +57,30 @@ class CountingProxy:
         req = self.client.build_request("POST", self.upstream + request.url.path, content=body,
                                         headers={"content-type": "application/json"})
         resp = await self.client.send(req, stream=True)
-        return StreamingResponse(resp.aiter_raw(), resp.status_code, media_type=resp.headers.get("content-type"),
+        body_iter = resp.aiter_raw()
+        if resp.headers.get("content-type", "").startswith("text/event-stream") and \
+                (self.event_delay_s or self.break_stream_after is not None):
+            cut, self.break_stream_after = self.break_stream_after, None
+            body_iter = self._paced(resp, cut)
+        return StreamingResponse(body_iter, resp.status_code, media_type=resp.headers.get("content-type"),
                                  background=None)
+
+    async def _paced(self, resp: httpx.Response, cut: int | None) -> Any:
+        buf, sent = b"", 0
+        try:
+            async for raw in resp.aiter_raw():
+                buf += raw
+                while b"\n\n" in buf:
+                    event, buf = buf.split(b"\n\n", 1)
+                    if cut is not None and sent >= cut:
+                        raise RuntimeError("injected: the upstream broke off mid-stream")  # the connection drops
+                    await asyncio.sleep(self.event_delay_s)
+                    sent += 1
+                    yield event + b"\n\n"
+            if buf:
+                yield buf
+        finally:
+            await resp.aclose()
 
     async def models(self, _: Request) -> Response:
         r = httpx.get(self.upstream + "/v1/models", timeout=30)
@@ -166,6 +193,90 @@ def test_a_failed_leader_hands_over_to_one_follower(replicas, proxy):
     # which shares its process leader's outcome) with the failure; the other replicas' four got the takeover
     assert statuses == [200] * 4 + [502] * 2, statuses
     assert time.monotonic() - started < 120
+
+
+class Streamed:
+    """One client's stream as the official openai client saw it: chunk ids, content, times, error."""
+
+    def __init__(self) -> None:
+        self.ids: set[str] = set()
+        self.created: set[int] = set()
+        self.content = ""
+        self.first: float | None = None  # monotonic time of the first chunk
+        self.end = 0.0
+        self.error: Exception | None = None
+
+    @property
+    def leader(self) -> bool:
+        return not any("-cache-" in i for i in self.ids)  # a follower's id is its gateway's own
+
+
+async def stream_burst(gateways: list[Any], question: str, n: int) -> tuple[float, list[Streamed]]:
+    """``n`` identical streams at once over the gateways (round-robin), read with the openai client."""
+    import openai
+
+    clients = [openai.AsyncOpenAI(api_key="x", base_url=gw.url + "/v1", max_retries=0, timeout=300)
+               for gw in gateways]
+    started = time.monotonic()
+
+    async def one(i: int) -> Streamed:
+        out = Streamed()
+        try:
+            stream = await clients[i % len(clients)].chat.completions.create(
+                model=MODEL, temperature=0, max_tokens=24, stream=True,
+                messages=[{"role": "user", "content": question}])
+            async for chunk in stream:
+                out.first = out.first or time.monotonic()
+                out.ids.add(chunk.id)
+                out.created.add(chunk.created)
+                for choice in chunk.choices:
+                    out.content += choice.delta.content or ""
+        except openai.APIError as exc:
+            out.error = exc
+        out.end = time.monotonic()
+        return out
+
+    try:
+        return started, list(await asyncio.gather(*(one(i) for i in range(n))))
+    finally:
+        for c in clients:
+            await c.close()
+
+
+def test_streaming_followers_on_other_replicas_get_the_leaders_chunks_as_they_come(replicas, proxy):
+    _, counting = proxy
+    counting.event_delay_s = 0.08  # ~25 events: a ~2 s stream, so that "as they come" shows in the timing
+    q = f"Describe the sea in one sentence. ({uuid.uuid4().hex[:6]})"
+    started, rs = asyncio.run(stream_burst(replicas, q, 6))
+    assert [r.error for r in rs] == [None] * 6
+    assert counting.calls == 1, f"{counting.calls} upstream calls for 6 identical concurrent streams"
+    (leader,) = [r for r in rs if r.leader]
+    followers = [r for r in rs if not r.leader]
+    assert leader.content and all(f.content == leader.content for f in followers)
+    assert all(len(r.ids) == 1 and len(r.created) == 1 for r in rs)  # one id and created per response
+    assert len({next(iter(f.ids)) for f in followers}) == 5  # and each follower its own
+    lead_ttft, lead_span = leader.first - started, leader.end - leader.first
+    for f in followers:  # relayed as they come: a follower's first chunk lands well before the leader ends
+        assert f.first < leader.end - lead_span / 2, (
+            f"follower's first chunk {f.first - started:.2f} s, leader's {lead_ttft:.2f} s, "
+            f"leader ended {leader.end - started:.2f} s")
+
+
+def test_a_leader_stream_that_breaks_off_ends_its_followers_with_an_error_event(replicas, proxy):
+    import openai
+
+    _, counting = proxy
+    counting.event_delay_s, counting.break_stream_after = 0.08, 8
+    q = f"Describe a mountain in one sentence. ({uuid.uuid4().hex[:6]})"
+    _, rs = asyncio.run(stream_burst(replicas, q, 6))
+    assert counting.calls == 1, "a follower that had relayed chunks must not start another generation"
+    (leader,) = [r for r in rs if r.leader]
+    assert isinstance(leader.error, openai.APIError)
+    for f in rs:
+        assert isinstance(f.error, openai.APIError), f"a stream ended without an error: {f.content!r}"
+        assert "upstream" in str(f.error)
+        assert leader.content.startswith(f.content) or f.content.startswith(leader.content)
+        assert f.end - leader.end < 1.0, f"a follower ended {f.end - leader.end:.2f} s after the leader broke off"
 
 
 def _not_at_a_minute_boundary() -> None:
