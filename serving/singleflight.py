@@ -167,16 +167,17 @@ class Lead:
         stream, lease = f.result_key(self.key, self.token), f.lease_key(self.key)
         async with asyncio.timeout(f.op_timeout_s):
             async with f.redis.pipeline(transaction=False) as pipe:
+                creates = batch and self._seq == 0
                 if batch:
                     pipe.xadd(stream, {"seq": self._seq, "chunk": batch},  # type: ignore[arg-type]
                               maxlen=MAX_BATCHES, approximate=True)
                     self._seq += 1
+                answer = self._final
                 if final:
-                    answer = self._final
                     fields = {"answer": orjson.dumps(answer)} if answer is not None else {"abort": "1"}
                     pipe.xadd(stream, fields)  # type: ignore[arg-type]
-                if final or self._seq == 1:  # created now, or its last entry: it outlives the lease
-                    pipe.pexpire(stream, f.lease_ms * 2)  # by one lease_ms (renewed with the lease)
+                if creates or final:  # the stream outlives the lease by one lease_ms (renewed with it)
+                    pipe.pexpire(stream, f.lease_ms * 2)
                 # an answer keeps the lease a while: a latecomer reads it here instead of generating
                 # again before the background store lands; a failure frees it for a new leader
                 if final and answer is not None:
@@ -185,7 +186,7 @@ class Lead:
                     pipe.eval(_RELEASE, 1, lease, self.token)
                 await pipe.execute()
         if final:
-            metrics.FLIGHTS.labels("published" if self._final is not None else "aborted").inc()
+            metrics.FLIGHTS.labels("published" if answer is not None else "aborted").inc()
 
 
 class Following:
