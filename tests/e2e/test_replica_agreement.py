@@ -245,7 +245,9 @@ async def stream_burst(gateways: list[Any], question: str, n: int) -> tuple[floa
 
 def test_streaming_followers_on_other_replicas_get_the_leaders_chunks_as_they_come(replicas, proxy):
     _, counting = proxy
-    counting.event_delay_s = 0.08  # ~25 events: a ~2 s stream, so that "as they come" shows in the timing
+    # ~25 events 120 ms apart: a ~3 s stream, long next to the spread of the six lookups on a loaded machine,
+    # so that "as they come" shows in the timing
+    counting.event_delay_s = 0.12
     q = f"Describe the sea in one sentence. ({uuid.uuid4().hex[:6]})"
     started, rs = asyncio.run(stream_burst(replicas, q, 6))
     assert [r.error for r in rs] == [None] * 6

@@ -118,14 +118,13 @@ async def test_a_leader_that_fails_before_its_first_chunk_is_taken_over_by_one(p
     followers = [asyncio.ensure_future(f.claim("k", stream=True)) for f in (b, c)]
     await asyncio.sleep(0.1)
     leader.finish(None)
-    first = await asyncio.wait_for(asyncio.wait(followers, return_when=asyncio.FIRST_COMPLETED), 2)
-    (new_leader,) = [f.result() for f in first[0]]
-    assert isinstance(new_leader, Lead)
+    done, waiting = await asyncio.wait(followers, timeout=2, return_when=asyncio.FIRST_COMPLETED)
+    (new_leader,) = [f.result() for f in done]
+    assert isinstance(new_leader, Lead)  # one takes over; the other follows it
     new_leader.relay(b"data: 1\n\n")
     new_leader.finish(ANSWER)
-    (other,) = [f for f in followers if not f.done()] or [f for f in followers if f.result() is not new_leader]
-    follower = await asyncio.wait_for(other, 2)
-    assert isinstance(follower, Following)
+    (other,) = waiting
+    assert isinstance(await asyncio.wait_for(other, 2), Following)
 
 
 async def test_a_non_streaming_follower_of_a_streaming_leader_gets_the_answer_at_the_end(
