@@ -242,7 +242,8 @@ class ReplicasConfig(Strict):
     stats_flush_s: float = Field(
         1.0, gt=0, description="how often a replica adds its counts to the fleet's (stats API, shadow estimate)")
     flight_max_wait_s: float = Field(
-        120.0, gt=0, description="a follower waiting longer than this calls upstream itself")
+        120.0, gt=0, description="a follower waiting longer than this for its answer (a streaming follower: for "
+        "its first chunk) calls upstream itself")
 
     @model_validator(mode="after")
     def _heartbeat_fits(self) -> ReplicasConfig:
