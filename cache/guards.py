@@ -13,6 +13,9 @@ right for the new query, or None. They only ever veto; they never turn a miss in
              checking" vs "move money to savings from checking", "100 cad in eur" vs "100 eur to cad"),
              or the same words with a different word after a directional one ("faster than java" vs
              "faster than python").
+- action:    each query asks for a different thing to be done to the same object, and neither asks
+             for the other's ("pause my subscription" vs "cancel my subscription", "unlock my account"
+             vs "reset my password"); synonyms share a class ("cancel" == "terminate" == "close").
 - time:      the time expressions differ ("today" vs "tomorrow", "last week" vs "next week", "monday" vs
              "friday", "in march" vs "in may").
 - identifier: each query holds an identifier (email, url, path, file name, version, code, quoted
@@ -87,6 +90,11 @@ _ANTONYM_PAIRS = [
     ("import", "export"), ("arrival", "departure"), ("arrive", "depart"), ("entry", "exit"),
     ("refund", "charge"), ("overpaid", "underpaid"), ("overweight", "underweight"),
     ("overestimate", "underestimate"), ("maximize", "minimize"), ("morning", "evening"),
+    ("logged in", "logged out"), ("logged in", "log out"), ("log in", "logged out"),
+    ("signed in", "signed out"), ("signed in", "sign out"), ("sign in", "signed out"),
+    ("dark", "light"), ("freeze", "unfreeze"), ("pause", "unpause"), ("archive", "unarchive"),
+    ("pin", "unpin"), ("hide", "unhide"), ("link", "unlink"), ("pair", "unpair"), ("publish", "unpublish"),
+    ("register", "unregister"), ("friend", "unfriend"), ("suspend", "unsuspend"), ("ban", "unban"),
 ]
 ANTONYMS: dict[str, set[str]] = {}
 for _a, _b in _ANTONYM_PAIRS:
@@ -175,6 +183,52 @@ def _content(toks: list[str]) -> Counter[str]:
     return Counter(t for t in toks if t.isalnum() and t not in STOPWORDS and t not in DIRECTIONAL)
 
 
+#: verbs whose object becomes something else: what is given, and what is wanted after "for"/"into"/"to"
+_CONVERT_VERBS = ("exchange", "swap", "trade", "replace", "substitute", "convert", "turn", "transform", "translate")
+_WANTED_MARKERS = {"for", "with", "into", "to"}
+_CONVERT_FORMS = {f for v in _CONVERT_VERBS for f in (v, v + "s", v + "ed", v + "d", v + "ing", v[:-1] + "ing")}
+
+
+def _singular(w: str) -> str:
+    if len(w) <= 3 or not w.endswith("s") or w.endswith("ss"):
+        return w
+    if w.endswith("ies"):
+        return w[:-3] + "y"
+    if w.endswith(("sses", "shes", "ches", "xes", "zes")):
+        return w[:-2]
+    return w[:-1]
+
+
+_PARTICLES = {"out", "up", "down", "off", "over", "back", "around", "away"}
+
+
+def _role(words: list[str]) -> str | None:
+    """The first object word among the next few words: no stopword, particle or number."""
+    for w in words[:4]:
+        if not w.isdigit() and w not in STOPWORDS and w not in DIRECTIONAL and w not in _NOT_OBJECT \
+                and w not in _PARTICLES:
+            return _singular(w)
+    return None
+
+
+def _exchange(toks: list[str]) -> tuple[str, str] | None:
+    """(given, wanted) of "exchange a large for a small", "convert a png into a jpg", or None."""
+    words = [w for w in toks if w.isalnum()]
+    for i, t in enumerate(words):
+        if t in _CONVERT_FORMS:
+            given = _role(words[i + 1 :])
+            if given is None:
+                return None
+            rest = words[i + 1 :]
+            at = next(k for k, w in enumerate(rest) if _singular(w) == given)
+            for j, w in enumerate(rest[at + 1 : at + 5]):
+                if w in _WANTED_MARKERS:
+                    wanted = _role(rest[at + 2 + j :])
+                    return (given, wanted) if wanted is not None else None
+            return None
+    return None
+
+
 def _objects(toks: list[str]) -> Counter[tuple[str, str]]:
     """(directional word, the first content word after it) for every directional word."""
     out: Counter[tuple[str, str]] = Counter()
@@ -211,6 +265,20 @@ def _route(toks: list[str], text: str) -> tuple[str | None, str | None]:
     return source, target
 
 
+def _ends(toks: list[str]) -> tuple[str, str] | None:
+    """The content words just before and just after the last "to"/"into" ("yen to euros"), or None."""
+    at = max((i for i, t in enumerate(toks) if t in _TARGET), default=None)
+    if at is None:
+        return None
+
+    def word(t: str) -> bool:
+        return t.isalnum() and t not in STOPWORDS and t not in DIRECTIONAL
+
+    before = next((_singular(t) for t in reversed(toks[max(0, at - 2) : at]) if word(t)), None)
+    after = next((_singular(t) for t in toks[at + 1 : at + 3] if word(t)), None)
+    return (before, after) if before is not None and after is not None else None
+
+
 def direction_guard(a: str, b: str) -> str | None:
     ta, tb = tokens(a), tokens(b)
     (sa, da), (sb, db) = _route(ta, a), _route(tb, b)
@@ -218,6 +286,12 @@ def direction_guard(a: str, b: str) -> str | None:
     # "move funds into savings from checking")
     if (sa is not None and sa == db and sa != da) or (da is not None and da == sb and sa != da):
         return f"direction differs ({sa} / {da})"
+    xa, xb = _exchange(ta), _exchange(tb)
+    if xa is not None and xb is not None and xa != xb and (xa[0] == xb[1] or xa[1] == xb[0]):
+        return f"direction differs ({xa[0]} for {xa[1]})"  # what one gives, the other wants
+    ea, eb = _ends(ta), _ends(tb)
+    if ea is not None and ea != eb and ea == (eb[::-1] if eb else None):
+        return f"direction differs ({ea[0]} to {ea[1]})"  # "yen to euros" / "rate for euros to yen"
     if ta == tb or _content(ta) != _content(tb):
         return None  # not a reordering of the same words; the other checks judge it
     oa, ob = _objects(ta), _objects(tb)
@@ -227,6 +301,57 @@ def direction_guard(a: str, b: str) -> str | None:
         # same words, but a different word follows "to"/"from"/"than": roles swapped
         diff = sorted((oa - ob) + (ob - oa))
         return f"direction differs ({' '.join(diff[0])})"
+    return None
+
+
+#: things to be done to an account, a subscription, an order or a card that need different answers;
+#: the words of one class are synonyms here. Only verbs whose answers differ are listed: broad verbs
+#: ("change", "use", "get") are not actions for this guard.
+ACTION_CLASSES: dict[str, tuple[str, ...]] = {
+    "end": ("cancel", "terminate", "close", "delete", "remove", "deactivate", "unsubscribe", "discontinue",
+            "erase", "cancellation", "deletion", "termination"),
+    "pause": ("pause", "suspend"),
+    "resume": ("resume", "reactivate", "unpause", "restart"),
+    "lock": ("lock",),
+    "unlock": ("unlock",),
+    "reset": ("reset", "recover"),
+    "track": ("track", "trace"),
+    "return": ("return",),
+    "refund": ("refund", "reimburse", "reimbursement"),
+    "exchange": ("exchange", "swap"),
+    "transfer": ("transfer",),
+    "renew": ("renew", "renewal"),
+    "postpone": ("postpone", "reschedule", "delay"),
+    "dispute": ("dispute", "chargeback"),
+}
+
+
+def _inflections(word: str) -> set[str]:
+    """The word and its regular verb forms (cancel: cancels, cancelled, canceled, cancelling, ...)."""
+    forms = {word, word + "s", word + "es", word + "ed", word + "d", word + "ing"}
+    if word.endswith("e"):
+        forms |= {word[:-1] + "ing", word[:-1] + "ed"}
+    if word[-1] in "lpgt" and word[-2] in "aeiou":
+        forms |= {word + word[-1] + "ed", word + word[-1] + "ing"}
+    return forms
+
+
+_ACTION_OF: dict[str, str] = {form: cls for cls, words in ACTION_CLASSES.items() for w in words
+                               for form in _inflections(w)}
+
+
+def _actions(toks: list[str]) -> set[str]:
+    found = {_ACTION_OF[t] for t in toks if t in _ACTION_OF}
+    found |= {"return" for x, y in zip(toks, toks[1:]) if x in {"send", "sending", "sent"} and y == "back"}
+    return found
+
+
+def action_guard(a: str, b: str) -> str | None:
+    """Each query asks for an action the other does not ("event cancelled, refund?" vs "event
+    postponed, refund?"); an action on one side only (a detail left out) passes."""
+    xa, xb = _actions(tokens(a)), _actions(tokens(b))
+    if xa - xb and xb - xa:
+        return f"action differs ({sorted(xa - xb)[0]} / {sorted(xb - xa)[0]})"
     return None
 
 
@@ -263,6 +388,7 @@ GUARDS: dict[str, Callable[[str, str], str | None]] = {
     "negation": negation_guard,
     "antonym": antonym_guard,
     "direction": direction_guard,
+    "action": action_guard,
     "time": time_guard,
     "identifier": identifier_guard,
 }

@@ -19,6 +19,7 @@ python -m training.support_pairs [--out tests/data/support_pairs.jsonl]
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import random
 from pathlib import Path
@@ -359,6 +360,49 @@ def build(seed: int = SEED) -> list[dict[str, str | int]]:
     return unique
 
 
+INTENTS_OUT = OUT.with_name("support_intent_pairs.jsonl")
+
+
+def _intent_groups() -> list[tuple[str, list[list[str]]]]:
+    """Intents that can name the same value: (slot, the wordings of each intent)."""
+    groups: dict[str, list[list[str]]] = {}
+    for slot, wordings in ENTITY_INTENTS:
+        groups.setdefault(slot, []).append([w.replace("{e}", "{v}") for w in wordings])
+    out = [(slot, ws) for slot, ws in groups.items() if len(ws) > 1]
+    out.append(("RELATIVE", [[w.replace("{t}", "{v}") for w in ws] for ws in TIME_INTENTS]))
+    out.append(("DAYS", [[w.replace("{d}", "{v}") for w in ws] for ws in DAY_INTENTS]))
+    out.append(("MONTHS", [[w.replace("{m}", "{v}") for w in ws] for ws in MONTH_INTENTS]))
+    return out
+
+
+def build_intents(seed: int = SEED, rounds: int = 8) -> list[dict[str, str | int]]:
+    """The other question a cache meets most: a different intent about the same thing ("cancel my
+    Netflix" / "why was I charged twice for Netflix", "delivery today?" / "support open today?").
+    Per round, each pair of intents that share a slot gives one such near-miss (kind ``intent``) and
+    one paraphrase of the first intent, so the set stays half positive."""
+    rng = random.Random(seed + 1000)
+    values = {**ENTITY_LISTS, "RELATIVE": [t for pair in RELATIVE for t in pair], "DAYS": DAYS, "MONTHS": MONTHS}
+    rows: list[dict[str, str | int]] = []
+    for _ in range(rounds):
+        for slot, intents in _intent_groups():
+            for i, j in itertools.combinations(range(len(intents)), 2):
+                v = rng.choice(values[slot])
+                a, b = rng.choice(intents[i]).format(v=v), rng.choice(intents[j]).format(v=v)
+                rows.append({"text_a": a, "text_b": b, "label": 0, "kind": "intent"})
+                p, q = rng.sample(intents[i], 2)
+                rows.append({"text_a": p.format(v=v), "text_b": q.format(v=v), "label": 1, "kind": "paraphrase"})
+    seen: set[tuple[str, str]] = set()
+    unique = []
+    for r in rows:
+        key = (str(r["text_a"]), str(r["text_b"]))
+        if rng.random() < 0.5:
+            r["text_a"], r["text_b"] = r["text_b"], r["text_a"]
+        if key not in seen and key[::-1] not in seen:
+            seen.add(key)
+            unique.append(r)
+    return unique
+
+
 def training_intent(intent: str) -> bool:
     """Intents the verifier may be trained on: half of them, by the SHA-256 of the intent id. The rest
     never reach training, so :func:`unseen_intent_pairs` measures rewordings it has never seen."""
@@ -383,6 +427,7 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=str(OUT))
+    ap.add_argument("--intents-out", default=str(INTENTS_OUT), help="where the other-intent pairs go")
     ap.add_argument("--seed", type=int, default=SEED)
     args = ap.parse_args()
     rows = build(args.seed)
@@ -392,6 +437,13 @@ def main() -> None:
     kinds = Counter((r["kind"], r["label"]) for r in rows)
     parts = Counter(part_of(str(r["text_a"])) for r in rows)
     print(f"{len(rows)} pairs to {args.out}: {dict(sorted(kinds.items()))}; halves {dict(parts)}")
+    other = build_intents(args.seed)
+    with open(args.intents_out, "w", encoding="utf-8") as fh:
+        for r in other:
+            fh.write(json.dumps(r, ensure_ascii=False) + "\n")
+    kinds = Counter((r["kind"], r["label"]) for r in other)
+    parts = Counter(part_of(str(r["text_a"])) for r in other)
+    print(f"{len(other)} pairs to {args.intents_out}: {dict(sorted(kinds.items()))}; halves {dict(parts)}")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
-"""The lexical guards: near-misses that differ in a number, polarity, direction, opposite word or time
-are vetoed; harmless rewordings pass."""
+"""The lexical guards: near-misses that differ in a number, polarity, direction, opposite word, action or
+time are vetoed; harmless rewordings pass."""
 
 from __future__ import annotations
 
@@ -31,6 +31,17 @@ NEAR_MISSES = [
     ("What is 100 CAD in EUR?", "How much is 100 EUR when changed to CAD?", "direction"),
     ("Transfer everything from my tablet to my new laptop", "Migrate my data from the laptop to the tablet",
      "direction"),
+    ("Can I trade my blue shirt for a red one?", "Can I trade the red shirt for a blue one?", "direction"),
+    ("I'd like to swap my 32GB phone for the 64GB model", "Swap 64GB for 32GB", "direction"),
+    ("How do I turn an MP4 into an MP3?", "Turn MP3 into MP4 how", "direction"),
+    ("Replace the battery with a new charger", "Replace the charger with a new battery", "direction"),
+    ("Today's rate for dollars to pesos", "Check pesos to dollars rate", "direction"),
+    ("Can I stay signed in on my laptop?", "How do I sign out on my laptop?", "opposite"),
+    ("How do I unarchive a chat?", "How can I archive a chat?", "opposite"),
+    ("I want to suspend my gym plan for a month", "I want to terminate my gym plan", "action"),
+    ("How do I reactivate my card?", "How do I cancel my card?", "action"),
+    ("Can I lock my tablet remotely?", "Can I reset my tablet remotely?", "action"),
+    ("Concert postponed, can I get my money back?", "Concert cancelled, can I get my money back?", "action"),
 ]
 
 PARAPHRASES = [
@@ -43,6 +54,13 @@ PARAPHRASES = [
     ("What is the weather today in Berlin", "Today's weather in Berlin"),
     ("Move funds from my savings account into checking", "Can I send money from savings to my checking account?"),
     ("What is 100 CAD in EUR?", "Convert 100 CAD to EUR"),
+    ("Can I exchange a jacket for a bigger size?", "I'd like to exchange my jacket for a bigger size"),
+    ("How do I convert a Word file into a PDF?", "Convert Word to PDF"),
+    ("How do I cancel my membership?", "I want to terminate my membership"),
+    ("How do I delete my account?", "Steps to close my account"),
+    ("Can I get a refund if I return the shoes?", "Refund for returned shoes"),
+    ("How do I pause my plan?", "Can I suspend my plan for a while?"),
+    ("Can I reschedule my appointment?", "I need to postpone my appointment"),
 ]
 
 

@@ -49,3 +49,33 @@ def test_guards_keep_precision_on_the_support_check_half(check_half, embedder) -
     assert guarded.precision >= MIN_PRECISION, guarded
     bare = point(score_pairs(check_half, embedder, ThresholdRule(), FLOOR), FLOOR, None)
     assert bare.precision < MIN_PRECISION, bare  # without the guards the floor fails
+
+
+INTENT_PAIRS = PAIRS.with_name("support_intent_pairs.jsonl")
+
+
+def test_the_other_intent_set_is_what_its_generator_writes() -> None:
+    """tests/data/support_intent_pairs.jsonl: a different intent about the same thing (label 0) and a
+    paraphrase (label 1), reproducible from training/support_pairs.py."""
+    from training.support_pairs import build_intents
+
+    rows = [json.loads(line) for line in INTENT_PAIRS.read_text().splitlines()]
+    assert rows == build_intents()
+    assert {r["kind"] for r in rows} == {"intent", "paraphrase"}
+    assert 0.4 < sum(r["label"] for r in rows) / len(rows) < 0.6
+    # a near-miss names the same thing in both questions: neither the entity nor a guard tells them apart
+    assert all(r["text_a"] != r["text_b"] for r in rows)
+
+
+def test_the_shipped_rule_keeps_precision_on_other_intents(embedder) -> None:  # noqa: ANN001
+    """The check half of the other-intent set at the shipped defaults (gate included): the calibration
+    saw only the tune half."""
+    from cache.decision import build_rule, shipped_defaults
+
+    pairs = [p for p in load_pairs(INTENT_PAIRS) if part_of(p[0]) == "check"]
+    settings = shipped_defaults()
+    rule = build_rule()
+    scored = score_pairs(pairs, embedder, rule, min(settings.threshold, rule.confident[1] if rule.confident else 1.0))
+    got = point(scored, settings.threshold, settings.verifier_threshold)
+    assert got.hits >= 20, got
+    assert got.precision >= MIN_PRECISION, got
