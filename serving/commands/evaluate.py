@@ -109,7 +109,7 @@ def run_eval(args: argparse.Namespace) -> int:
 def run_calibrate(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from cache.evaluation import PairsFileError, best_at_precision, score_pairs
+    from cache.evaluation import PairsFileError, best_at_precision, score_pairs, without_gate
     from cache.verifier import VerifierError
 
     if not 0.0 < args.target_precision <= 1.0:
@@ -128,9 +128,9 @@ def run_calibrate(args: argparse.Namespace) -> int:
     # with and without the verifier's confident gate: its hits count at every floor and threshold, so
     # a namespace whose pairs it serves wrongly reaches its target only with the gate off
     best, gate = None, True
-    for confident in ((True, False) if getattr(rule, "confident", None) else (True,)):
-        found = best_at_precision(score_pairs(pairs, embedder, rule, args.min_threshold, confident=confident),
-                                  args.target_precision, floors, base_rate=args.base_rate)
+    scored = score_pairs(pairs, embedder, rule, args.min_threshold, confident=True)
+    for confident, ps in ((True, scored), (False, without_gate(scored)))[: 2 if getattr(rule, "confident", None) else 1]:
+        found = best_at_precision(ps, args.target_precision, floors, base_rate=args.base_rate)
         if found is not None and (best is None or found.true_hits > best.true_hits):
             best, gate = found, confident
     if best is None:

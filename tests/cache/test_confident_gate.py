@@ -96,3 +96,20 @@ def test_eval_counts_confident_hits_at_every_floor_and_verifier_threshold(tmp_pa
     assert p.true_hits == 1 and p.false_hits == 0
     off = score_pairs(pairs, Embedder("all-MiniLM-L6-v2"), rule, 0.5, confident=False)
     assert off.reasons[0] != "confident" and not hits_at(off, 0.95, 0.99)[0]
+
+
+def test_the_gate_off_view_of_scored_pairs_is_the_gate_off_rule() -> None:
+    """cachestack calibrate scores once and reads the gate-off rule from the same scores: on real
+    pairs (the support check half and the other-intent pairs) both give the same hits everywhere."""
+    from cache.evaluation import load_pairs, without_gate
+
+    data = Path(__file__).resolve().parent.parent / "data"
+    pairs = load_pairs(data / "support_pairs.jsonl")[:150] + load_pairs(data / "support_intent_pairs.jsonl")[:100]
+    rule, emb = build_rule(), Embedder()
+    gated = score_pairs(pairs, emb, rule, 0.5, confident=True)
+    assert "confident" in gated.reasons  # the gate serves some of these, so the view has work to do
+    view, off = without_gate(gated), score_pairs(pairs, emb, rule, 0.5, confident=False)
+    for floor in (0.5, 0.7, 0.85):
+        for vthr in (0.3, 0.6, 0.9):
+            assert (hits_at(view, floor, vthr) == hits_at(off, floor, vthr)).all(), (floor, vthr)
+    assert not (hits_at(gated, 0.85, 0.9) == hits_at(off, 0.85, 0.9)).all()
