@@ -186,7 +186,19 @@ def _content(toks: list[str]) -> Counter[str]:
 #: verbs whose object becomes something else: what is given, and what is wanted after "for"/"into"/"to"
 _CONVERT_VERBS = ("exchange", "swap", "trade", "replace", "substitute", "convert", "turn", "transform", "translate")
 _WANTED_MARKERS = {"for", "with", "into", "to"}
-_CONVERT_FORMS = {f for v in _CONVERT_VERBS for f in (v, v + "s", v + "ed", v + "d", v + "ing", v[:-1] + "ing")}
+
+
+def _inflections(word: str) -> set[str]:
+    """The word and its regular verb forms (cancel: cancels, cancelled, canceled, cancelling, ...)."""
+    forms = {word, word + "s", word + "es", word + "ed", word + "d", word + "ing"}
+    if word.endswith("e"):
+        forms |= {word[:-1] + "ing", word[:-1] + "ed"}
+    if word[-1] in "lpgt" and word[-2] in "aeiou":
+        forms |= {word + word[-1] + "ed", word + word[-1] + "ing"}
+    return forms
+
+
+_CONVERT_FORMS = {form for verb in _CONVERT_VERBS for form in _inflections(verb)}
 
 
 def _singular(w: str) -> str:
@@ -290,7 +302,7 @@ def direction_guard(a: str, b: str) -> str | None:
     if xa is not None and xb is not None and xa != xb and (xa[0] == xb[1] or xa[1] == xb[0]):
         return f"direction differs ({xa[0]} for {xa[1]})"  # what one gives, the other wants
     ea, eb = _ends(ta), _ends(tb)
-    if ea is not None and ea != eb and ea == (eb[::-1] if eb else None):
+    if ea is not None and eb is not None and ea[0] != ea[1] and ea == eb[::-1]:
         return f"direction differs ({ea[0]} to {ea[1]})"  # "yen to euros" / "rate for euros to yen"
     if ta == tb or _content(ta) != _content(tb):
         return None  # not a reordering of the same words; the other checks judge it
@@ -324,16 +336,6 @@ ACTION_CLASSES: dict[str, tuple[str, ...]] = {
     "postpone": ("postpone", "reschedule", "delay"),
     "dispute": ("dispute", "chargeback"),
 }
-
-
-def _inflections(word: str) -> set[str]:
-    """The word and its regular verb forms (cancel: cancels, cancelled, canceled, cancelling, ...)."""
-    forms = {word, word + "s", word + "es", word + "ed", word + "d", word + "ing"}
-    if word.endswith("e"):
-        forms |= {word[:-1] + "ing", word[:-1] + "ed"}
-    if word[-1] in "lpgt" and word[-2] in "aeiou":
-        forms |= {word + word[-1] + "ed", word + word[-1] + "ing"}
-    return forms
 
 
 _ACTION_OF: dict[str, str] = {form: cls for cls, words in ACTION_CLASSES.items() for w in words

@@ -350,6 +350,11 @@ def build(seed: int = SEED) -> list[dict[str, str | int]]:
             for i, wordings in enumerate(PLAIN_INTENTS):
                 intent = f"plain{i}"
                 add(*rng.sample(wordings, 2), 1, "paraphrase")
+    return _unique(rows)
+
+
+def _unique(rows: list[dict[str, str | int]]) -> list[dict[str, str | int]]:
+    """The rows without repeats (either order) and without pairs of one text."""
     seen: set[tuple[str, str]] = set()
     unique = []
     for r in rows:
@@ -391,16 +396,10 @@ def build_intents(seed: int = SEED, rounds: int = 8) -> list[dict[str, str | int
                 rows.append({"text_a": a, "text_b": b, "label": 0, "kind": "intent"})
                 p, q = rng.sample(intents[i], 2)
                 rows.append({"text_a": p.format(v=v), "text_b": q.format(v=v), "label": 1, "kind": "paraphrase"})
-    seen: set[tuple[str, str]] = set()
-    unique = []
-    for r in rows:
-        key = (str(r["text_a"]), str(r["text_b"]))
+    for r in rows:  # either text may be the cached one
         if rng.random() < 0.5:
             r["text_a"], r["text_b"] = r["text_b"], r["text_a"]
-        if key not in seen and key[::-1] not in seen:
-            seen.add(key)
-            unique.append(r)
-    return unique
+    return _unique(rows)
 
 
 def training_intent(intent: str) -> bool:

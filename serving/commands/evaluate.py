@@ -129,7 +129,10 @@ def run_calibrate(args: argparse.Namespace) -> int:
     # a namespace whose pairs it serves wrongly reaches its target only with the gate off
     best, gate = None, True
     scored = score_pairs(pairs, embedder, rule, args.min_threshold, confident=True)
-    for confident, ps in ((True, scored), (False, without_gate(scored)))[: 2 if getattr(rule, "confident", None) else 1]:
+    views = [(True, scored)]
+    if getattr(rule, "confident", None):
+        views.append((False, without_gate(scored)))
+    for confident, ps in views:
         found = best_at_precision(ps, args.target_precision, floors, base_rate=args.base_rate)
         if found is not None and (best is None or found.true_hits > best.true_hits):
             best, gate = found, confident

@@ -63,7 +63,6 @@ def test_the_other_intent_set_is_what_its_generator_writes() -> None:
     assert rows == build_intents()
     assert {r["kind"] for r in rows} == {"intent", "paraphrase"}
     assert 0.4 < sum(r["label"] for r in rows) / len(rows) < 0.6
-    # a near-miss names the same thing in both questions: neither the entity nor a guard tells them apart
     assert all(r["text_a"] != r["text_b"] for r in rows)
 
 
