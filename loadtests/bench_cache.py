@@ -46,9 +46,11 @@ async def run(gw: str, n: int, layer: str, levels: tuple[int, ...] = (1, 32)) ->
     pairs = [(a.format(c=c), b.format(c=c)) for c in CITIES for a, b in TEMPLATES]
     results: dict[str, Any] = {}
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as s:
-        for stored, _ in pairs:  # seed: one miss each, stored after the response (one at a time: 48
-            async with s.post(gw + "/v1/chat/completions", json=body(stored)) as r:  # at once overflow the
-                await r.read()  # embedder's queue and are stored for exact hits only)
+        async def seed(question: str) -> None:  # one miss each, stored after the response
+            async with s.post(gw + "/v1/chat/completions", json=body(question)) as r:
+                await r.read()
+
+        await asyncio.gather(*(seed(stored) for stored, _ in pairs))
         await asyncio.sleep(1.0)
         async with s.get(gw + "/metrics") as r:
             stored = [line for line in (await r.text()).splitlines()
