@@ -45,9 +45,9 @@ class Speculation(Generic[T]):
     async def start(self) -> None:
         """Start the call now (the lookup awaits this as its semantic stage begins) and return once its
         request is on the wire, or after SEND_WAIT_S. The lookup's embedding runs next and takes both
-        cores for milliseconds: started without waiting, the request went out only after it
-        (loadtests/bench_miss_send.py: the upstream saw a miss 9-11 ms after the client sent it, 2.6-3.4
-        ms with this wait, 1.9-2.5 ms through the pass-through gateway)."""
+        cores for milliseconds: started without waiting, the request went out only after it (the fake
+        upstream of loadtests/bench_passthrough.py saw a miss 7.3 ms after the client sent it, 1.7 ms
+        through the pass-through gateway)."""
         if self._task is not None:
             return
         loop = asyncio.get_running_loop()

@@ -21,8 +21,8 @@ from aiohttp import web
 
 from cache import metrics
 from cache.keys import normalise_query
-from serving import speculation
 from serving.config import UpstreamConfig
+from serving import speculation
 from serving.speculation import SEND_WAIT_S, Speculation, ready_answer
 from serving.upstream import UpstreamClient
 from tests.conftest import gateway_settings, run_gateway
