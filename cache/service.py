@@ -266,8 +266,7 @@ class CacheService:
         return plan
 
     # -- lookup ------------------------------------------------------------------------------
-    def start_lookup(self, plan: CachePlan, on_semantic: Callable[[], Awaitable[None]] | None,
-                     into: Lookup) -> asyncio.Task[Lookup]:
+    def start_lookup(self, plan: CachePlan, on_semantic: Callable[[], None] | None, into: Lookup) -> asyncio.Task[Lookup]:
         """:meth:`lookup` as a task the service holds until it ends (and :meth:`drain` waits for), so
         a request answered from upstream first can leave it running for its store (:meth:`Lookup.supersede`)."""
         into.finished = asyncio.Event()  # before the task runs: a supersede always sees a running lookup
@@ -277,12 +276,11 @@ class CacheService:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    async def lookup(self, plan: CachePlan, on_semantic: Callable[[], Awaitable[None]] | None = None,
+    async def lookup(self, plan: CachePlan, on_semantic: Callable[[], None] | None = None,
                      into: Lookup | None = None) -> Lookup:
         """Exact tiers, then the semantic one, all within ``lookup_deadline_ms``; ``on_semantic`` is
-        awaited as the semantic stage starts (the gateway starts its upstream call there and returns
-        once the request went out, so a miss does not wait for the lookup). ``into`` is filled in as
-        the lookup goes and returned."""
+        called as the semantic stage starts (the gateway starts its upstream call there, so a miss
+        does not wait for the lookup). ``into`` is filled in as the lookup goes and returned."""
         started = time.perf_counter()
         result = into if into is not None else self.new_lookup()
         if result.finished is None:
@@ -355,8 +353,7 @@ class CacheService:
             log.warning("cache entry %s holds no readable answer", entry_id)
             return None
 
-    async def _lookup(self, plan: CachePlan, on_semantic: Callable[[], Awaitable[None]] | None,
-                      found: Lookup) -> None:
+    async def _lookup(self, plan: CachePlan, on_semantic: Callable[[], None] | None, found: Lookup) -> None:
         live = self.watch.live()  # the L1 answers only while purges would reach it
         hot = self.l1.get(plan.exact_key) if live else None
         if hot is not None and self._fresh(hot.created, plan):
@@ -382,7 +379,7 @@ class CacheService:
             return
 
         if on_semantic is not None:
-            await on_semantic()
+            on_semantic()
         t = time.perf_counter()
         try:
             found.embedding = await self.embedder.embed(plan.query, bounded=True)

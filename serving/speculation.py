@@ -5,23 +5,18 @@ lookup still runs is served without waiting for it (the lookup goes on for the s
 from __future__ import annotations
 
 import asyncio
-import contextvars
 from collections.abc import Callable, Coroutine
 from typing import Any, Generic, TypeVar
 
 from starlette.responses import Response
 
 from serving.relay import OpenedStream
-from serving.upstream import ON_SENT
 
 T = TypeVar("T")
 U = TypeVar("U")
 # a miss's upstream outcome: an opened stream, a Response (another replica's answer, or vLLM refusing a
 # stream) or a whole answer as (status, body, content type)
 Outcome = OpenedStream | Response | tuple[int, bytes, str]
-# how long the lookup waits for the early call's request to go out: sending takes about a millisecond,
-# and a call that follows an identical one in flight (serving/singleflight.py) sends nothing
-SEND_WAIT_S = 0.005
 
 
 def ready_answer(outcome: Outcome) -> bool:
@@ -42,27 +37,11 @@ class Speculation(Generic[T]):
         self._task: asyncio.Task[T] | None = None
         self._started: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
-    async def start(self) -> None:
-        """Start the call now (the lookup awaits this as its semantic stage begins) and return once its
-        request is on the wire, or after SEND_WAIT_S. The lookup's embedding runs next and takes both
-        cores for milliseconds: started without waiting, the request went out only after it (the fake
-        upstream of loadtests/bench_passthrough.py saw a miss 7.3 ms after the client sent it, 1.7 ms
-        through the pass-through gateway)."""
-        if self._task is not None:
-            return
-        loop = asyncio.get_running_loop()
-        sent: asyncio.Future[None] = loop.create_future()
-
-        def mark_sent() -> None:
-            if not sent.done():
-                sent.set_result(None)
-
-        context = contextvars.copy_context()
-        context.run(ON_SENT.set, mark_sent)
-        self._task = loop.create_task(self._call(), context=context)
-        self._started.set_result(None)
-        await asyncio.wait({sent, self._task}, timeout=SEND_WAIT_S, return_when=asyncio.FIRST_COMPLETED)
-        sent.cancel()
+    def start(self) -> None:
+        """Start the call now (the lookup calls this as its semantic stage begins)."""
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._call())
+            self._started.set_result(None)
 
     async def unless_ready(self, lookup: asyncio.Future[U], ready: Callable[[T], bool]) -> U | None:
         """``lookup``'s result, or None as soon as the started call has an outcome ``ready`` accepts

@@ -17,8 +17,7 @@ connection: vLLM never read it, so nothing ran twice.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
-from contextvars import ContextVar
+from collections.abc import AsyncIterator
 from types import SimpleNamespace
 from typing import Any
 
@@ -28,11 +27,6 @@ import orjson
 from serving import metrics
 from serving.config import UpstreamConfig
 from serving.protocol import OpenAIError
-
-
-# Called once a request's body is written to its connection, for a call made in a context that sets it
-# (serving/speculation.py waits for that before the lookup's embedding takes the CPU).
-ON_SENT: ContextVar[Callable[[], None] | None] = ContextVar("cachestack_upstream_on_sent", default=None)
 
 
 class UpstreamUnreachable(OpenAIError):
@@ -115,17 +109,16 @@ class UpstreamClient:
     async def start(self) -> None:
         t = self.cfg.timeouts
         timeout = aiohttp.ClientTimeout(total=None, connect=t.connect_s, sock_connect=t.connect_s, sock_read=t.read_s)
-        trace = aiohttp.TraceConfig()
-        trace.on_connection_reuseconn.append(_mark_reused)
-        trace.on_request_chunk_sent.append(_mark_sent)
+        reuse = aiohttp.TraceConfig()
+        reuse.on_connection_reuseconn.append(_mark_reused)
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=self.cfg.max_connections, limit_per_host=self.cfg.max_connections,
                                            keepalive_timeout=self.cfg.keepalive_s, ttl_dns_cache=10),
-            timeout=timeout, skip_auto_headers=("User-Agent",), auto_decompress=False, trace_configs=[trace],
+            timeout=timeout, skip_auto_headers=("User-Agent",), auto_decompress=False, trace_configs=[reuse],
         )
         self._fresh = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=self.cfg.max_connections, force_close=True, ttl_dns_cache=10),
-            timeout=timeout, skip_auto_headers=("User-Agent",), auto_decompress=False, trace_configs=[trace],
+            timeout=timeout, skip_auto_headers=("User-Agent",), auto_decompress=False,
         )
 
     async def aclose(self) -> None:
@@ -145,7 +138,7 @@ class UpstreamClient:
         Raises :class:`UpstreamUnreachable` when no response byte came back (nothing to relay, so
         the caller may send the same bytes elsewhere), an :class:`OpenAIError` otherwise.
         """
-        sent = SimpleNamespace(reused=False, on_sent=ON_SENT.get())
+        sent = SimpleNamespace(reused=False)
         try:
             try:
                 resp = await self.session.post(base_url + path, data=body, headers=self._headers,
@@ -154,8 +147,7 @@ class UpstreamClient:
                 if not sent.reused or self._fresh is None:
                     raise
                 metrics.UPSTREAM_STALE_RESENDS.inc()  # closed by vLLM as it was reused: vLLM never read it
-                resp = await self._fresh.post(base_url + path, data=body, headers=self._headers,
-                                              trace_request_ctx=sent)
+                resp = await self._fresh.post(base_url + path, data=body, headers=self._headers)
         except aiohttp.ConnectionTimeoutError:
             raise UpstreamUnreachable("upstream did not accept the connection in time") from None
         except asyncio.TimeoutError:
@@ -180,13 +172,6 @@ class UpstreamClient:
         except (aiohttp.ClientError, orjson.JSONDecodeError) as exc:
             raise OpenAIError(502, f"upstream unreachable: {type(exc).__name__}", "upstream_error",
                               code="upstream_unreachable") from None
-
-
-async def _mark_sent(_session: aiohttp.ClientSession, ctx: SimpleNamespace, _params: object) -> None:
-    """aiohttp trace hook: a body chunk of this request was written to its connection."""
-    request = ctx.trace_request_ctx
-    if request is not None and request.on_sent is not None:
-        request.on_sent()
 
 
 async def _mark_reused(_session: aiohttp.ClientSession, ctx: SimpleNamespace, _params: object) -> None:
