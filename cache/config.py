@@ -265,9 +265,8 @@ class CacheConfig(Strict):
     )
     max_entry_bytes: int = Field(256 * 1024, ge=1024, description="larger answers are not stored")
     speculative_upstream: bool = Field(
-        True, description="start the upstream call when the semantic stage begins, cancel it on a hit: an "
-        "upstream answer ready while the lookup runs (a stream: its first event) is served at once and the "
-        "lookup ends in the background for the store; a semantic hit costs the upstream one cancelled request")
+        True, description="start the upstream call when the semantic stage begins, cancel it on a hit: a "
+        "miss then waits for no embedding or KNN; a semantic hit costs the upstream one cancelled request")
     responses_upstream_store: bool = Field(
         False, description="vLLM runs with VLLM_ENABLE_RESPONSES_API_STORE=1: Responses requests with store true "
         "or absent are then not cached (a replayed id could not be retrieved or continued)")

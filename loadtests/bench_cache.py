@@ -1,9 +1,7 @@
 """Cache hits end to end at the gateway: exact and semantic, p50/p99 at concurrency 1 and 32, hits/s.
 
 The gateway runs as its own process (``cachestack serve``, one worker) with real Valkey + RediSearch and
-the real MiniLM embedder; the upstream is the fake, answering after ``--upstream-ms`` (500 ms, an LLM's
-generation time): a miss is served as soon as its upstream answer is ready, so with the speculative call
-a semantic hit must beat the upstream (one that does not is served from upstream and counted as a miss).
+the real MiniLM embedder; the upstream is the fast fake (only used to seed entries: hits never reach it).
 Semantic hits ask a paraphrase (different exact key) of a stored question; every response's X-Cache
 header is checked, so a number here is a number of real hits. The L1 LRU serves repeated exact hits, so
 the exact numbers are measured twice: L1 on (default) and off (every hit is a Redis GET). Semantic hits
@@ -46,11 +44,9 @@ async def run(gw: str, n: int, layer: str, levels: tuple[int, ...] = (1, 32)) ->
     pairs = [(a.format(c=c), b.format(c=c)) for c in CITIES for a, b in TEMPLATES]
     results: dict[str, Any] = {}
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as s:
-        async def seed(question: str) -> None:  # one miss each, stored after the response
-            async with s.post(gw + "/v1/chat/completions", json=body(question)) as r:
+        for stored, _ in pairs:  # seed: one miss each, stored after the response
+            async with s.post(gw + "/v1/chat/completions", json=body(stored)) as r:
                 await r.read()
-
-        await asyncio.gather(*(seed(stored) for stored, _ in pairs))
         await asyncio.sleep(1.0)
         async with s.get(gw + "/metrics") as r:
             stored = [line for line in (await r.text()).splitlines()
@@ -98,7 +94,6 @@ def main() -> int:
     p.add_argument("--deadline-ms", type=float, default=5000.0,
                    help="cache.lookup_deadline_ms of the semantic layers when --embedder-url is given")
     p.add_argument("--concurrency", default="1,32", help="comma-separated concurrency levels")
-    p.add_argument("--upstream-ms", type=float, default=500.0, help="the fake upstream's time per answer")
     args = p.parse_args()
     levels = tuple(int(c) for c in args.concurrency.split(","))
     from serving.config import LocalStackConfig
@@ -109,8 +104,8 @@ def main() -> int:
     with ExitStack() as stack:
         redis = args.redis or stack.enter_context(start_stack(
             LocalStackConfig(data_dir=str(REPO / ".cachestack")), vllm=False, redis_port=free_port())).redis_url
-        up = stack.enter_context(fake_upstream(args.upstream_ms))
-        print(f"Redis {redis}; fake upstream {up} ({args.upstream_ms:g} ms per answer)")
+        up = stack.enter_context(fake_upstream())
+        print(f"Redis {redis}; fake upstream {up}")
         layers = (("exact (L1)", 64 << 20, True), ("exact (Redis)", 0, True), ("semantic", 64 << 20, True),
                   ("semantic (speculative upstream off)", 64 << 20, False))
         if args.embedder_url:

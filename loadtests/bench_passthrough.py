@@ -7,11 +7,9 @@ A. Real vLLM (CPU, SmolLM2): the same request direct and through the gateway, in
 B. Fast fake upstream: requests/s at concurrency 32, direct vs through the gateway (one worker).
 C. A fake upstream that always takes 50 ms: what a cache miss adds at concurrency 1 and 32, with the
    speculative upstream call (default) and with the lookup first, against direct and pass-through;
-   and how often each cache gateway's store breaker tripped during the run. ``--baseline PATH`` (another
-   checkout, e.g. ``git worktree add --detach /tmp/base main``) adds that code's speculative-miss
-   gateway to the same interleaved run: a before/after comparison on one machine state.
+   and how often each cache gateway's store breaker tripped during the run.
 
-python loadtests/bench_passthrough.py [--vllm URL] [--n 200] [--parts miss --baseline PATH]
+python loadtests/bench_passthrough.py [--vllm URL] [--n 200]
 Without --vllm a vLLM CPU server is started (about 30 s).
 """
 
@@ -22,7 +20,6 @@ import asyncio
 import itertools
 import sys
 from contextlib import ExitStack
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -124,15 +121,12 @@ async def part_b(n: int) -> dict[str, Any]:
     return results
 
 
-async def part_c(n: int, delay_ms: float, baseline: Path | None = None) -> dict[str, Any]:
+async def part_c(n: int, delay_ms: float) -> dict[str, Any]:
     """What a cache miss adds, against an upstream that always takes ``delay_ms`` (no vLLM variance):
     the speculative upstream call (default) hides the lookup behind the upstream's own time."""
     with ExitStack() as stack:
         up = stack.enter_context(fake_upstream(delay_ms))
         miss = {"namespaces": {"default": {"sampled": "all"}}, "l1_max_bytes": 0}
-        before = {BASELINE: stack.enter_context(gateway({
-            "upstreams": {"urls": [up]}, "redis": {"url": REDIS_URL, "index_prefix": "benchbase"},
-            "cache": miss}, repo=baseline))} if baseline is not None else {}
         targets = {"direct": up,
                    "gateway (pass-through)": stack.enter_context(gateway({
                        "upstreams": {"urls": [up]}, "cache": {"enabled": False}})),
@@ -141,7 +135,7 @@ async def part_c(n: int, delay_ms: float, baseline: Path | None = None) -> dict[
                        "cache": miss})),
                    "gateway (cache miss, lookup first)": stack.enter_context(gateway({
                        "upstreams": {"urls": [up]}, "redis": {"url": REDIS_URL, "index_prefix": "benchseq"},
-                       "cache": {**miss, "speculative_upstream": False}})), **before}
+                       "cache": {**miss, "speculative_upstream": False}}))}
         # a stored neighbour (same context, cosine near the floor) for every question, so each miss runs a
         # real KNN and, where the neighbour is above the floor, the verifier
         seed = lambda i: {"model": "fake", "messages": [  # noqa: E731
@@ -156,12 +150,11 @@ async def part_c(n: int, delay_ms: float, baseline: Path | None = None) -> dict[
                "c32": report(f"upstream that takes {delay_ms:.0f} ms, concurrency 32 (what a miss adds under load)",
                              await paired(targets, lambda i: ask(i + 20 + n), n, 32, False))}
         async with aiohttp.ClientSession() as s:
-            for name in ("gateway (cache miss, speculative)", "gateway (cache miss, lookup first)", *before):
+            for name in ("gateway (cache miss, speculative)", "gateway (cache miss, lookup first)"):
                 async with s.get(targets[name] + "/metrics") as r:
                     lines = [ln for ln in (await r.text()).splitlines()
                              if ln.startswith(("cachestack_cache_requests_total", "cachestack_cache_store_trips_total",
-                                               "cachestack_cache_bypass_total", "cachestack_cache_redis_up",
-                                               "cachestack_cache_lookup_superseded_total"))]
+                                               "cachestack_cache_bypass_total", "cachestack_cache_redis_up"))]
                 out[f"metrics {name}"] = lines
                 trips = sum(float(ln.rsplit(" ", 1)[1]) for ln in lines
                             if ln.startswith("cachestack_cache_store_trips_total"))
@@ -170,7 +163,6 @@ async def part_c(n: int, delay_ms: float, baseline: Path | None = None) -> dict[
 
 
 REDIS_URL = ""
-BASELINE = "baseline (cache miss, speculative)"
 
 
 def main() -> int:
@@ -181,7 +173,6 @@ def main() -> int:
     p.add_argument("--n", type=int, default=200, help="requests per target at concurrency 1")
     p.add_argument("--rps-n", type=int, default=20000, help="requests for the requests/s part")
     p.add_argument("--json", help="write the numbers here")
-    p.add_argument("--baseline", type=Path, help="another checkout: its speculative-miss gateway joins part C's run")
     p.add_argument("--parts", default="vllm,fast,miss",
                    help="vllm, fast, miss (an upstream with a fixed 50 ms: what a cache miss adds), comma-separated")
     args = p.parse_args()
@@ -206,7 +197,7 @@ def main() -> int:
         if "fast" in parts:
             results["fast_upstream"] = asyncio.run(part_b(args.rps_n))
         if "miss" in parts:
-            results["miss_50ms_upstream"] = asyncio.run(part_c(args.n, 50.0, args.baseline))
+            results["miss_50ms_upstream"] = asyncio.run(part_c(args.n, 50.0))
     write_json(args.json, results)
     return 0
 

@@ -81,10 +81,10 @@ def wait_url(url: str, timeout_s: float = 120.0) -> None:
 
 @contextmanager
 def child(argv: list[str], ready_url: str, env: dict[str, str] | None = None,
-          ready_timeout_s: float = 120.0, cwd: Path = REPO) -> Iterator[subprocess.Popen[bytes]]:
+          ready_timeout_s: float = 120.0) -> Iterator[subprocess.Popen[bytes]]:
     log = tempfile.NamedTemporaryFile(prefix="cachestack-bench-", suffix=".log", delete=False)
     proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
-                            cwd=cwd)
+                            cwd=REPO)
     try:
         wait_url(ready_url, ready_timeout_s)
         yield proc
@@ -108,24 +108,20 @@ def fake_upstream(delay_ms: float = 0.0) -> Iterator[str]:
 
 
 @contextmanager
-def gateway_process(config: dict[str, Any], ready_timeout_s: float = 120.0,
-                    repo: Path = REPO) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """``cachestack serve`` as its own process (one worker, uvloop, httptools), as deployed: URL and process.
-    ``repo``: the checkout whose code it runs (another one, e.g. a worktree of main, for a before/after
-    comparison in one run)."""
+def gateway_process(config: dict[str, Any], ready_timeout_s: float = 120.0) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """``cachestack serve`` as its own process (one worker, uvloop, httptools), as deployed: URL and process."""
     port = free_port()
     config = {**config, "server": {**config.get("server", {}), "port": port}}
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as fh:
         yaml.safe_dump(config, fh)
     argv = [sys.executable, "-m", "serving.cli", "serve", "--config", fh.name]
-    env = {"HF_HUB_OFFLINE": "1", "PYTHONPATH": str(repo)}
-    with child(argv, f"http://127.0.0.1:{port}/health", env, ready_timeout_s, cwd=repo) as proc:
+    with child(argv, f"http://127.0.0.1:{port}/health", {"HF_HUB_OFFLINE": "1"}, ready_timeout_s) as proc:
         wait_url(f"http://127.0.0.1:{port}/ready", ready_timeout_s)
         yield f"http://127.0.0.1:{port}", proc
 
 
 @contextmanager
-def gateway(config: dict[str, Any], repo: Path = REPO) -> Iterator[str]:
+def gateway(config: dict[str, Any]) -> Iterator[str]:
     """The gateway's URL; see :func:`gateway_process`."""
-    with gateway_process(config, repo=repo) as (url, _):
+    with gateway_process(config) as (url, _):
         yield url

@@ -129,29 +129,6 @@ async def test_an_answer_that_comes_before_the_verifier_decided_still_gets_its_n
         await svc.aclose()
 
 
-async def test_a_superseded_lookup_ends_in_the_background_and_its_store_still_gets_the_near_candidate(
-        redis_url: str, embedder: Any) -> None:
-    """The gateway serves an upstream answer that is ready first and supersedes the lookup: the service
-    holds the lookup's task until it ends, the store waits for it, and the judge gets the pair."""
-    svc = service(redis_url, embedder, f"bj{uuid.uuid4().hex[:8]}")
-    judge = svc.judge = FakeJudge(4.0)
-    try:
-        assert await svc.connect()
-        assert await svc._store(svc.plan("chat", chat(CACHED), CALLER, CacheControl(), None), answer("Answer A"), None)
-        plan = svc.plan("chat", chat(ASKED), CALLER, CacheControl(), None)
-        running = svc.new_lookup()
-        task = svc.start_lookup(plan, None, running)
-        assert running.supersede()  # before the task ran a step: still a running lookup
-        svc.store_later(plan, answer("Answer B"), running)
-        del task  # nobody awaits it: the service keeps it
-        await svc.drain()
-        assert running.finished is not None and running.finished.is_set() and running.near is not None
-        assert not running.supersede()  # finished: its outcome stands
-        assert judge.calls == [("smollm2", running.near.candidate.query, plan.query)]
-    finally:
-        await svc.aclose()
-
-
 async def test_a_no_leaves_the_fresh_answer_and_records_a_wrong_verdict(redis_url: str, embedder: Any) -> None:
     svc = service(redis_url, embedder, f"bj{uuid.uuid4().hex[:8]}")
     svc.judge = FakeJudge(-3.0)
