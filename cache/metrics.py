@@ -12,10 +12,6 @@ STAGE_SECONDS = Histogram("cachestack_cache_stage_seconds", "Time per cache stag
                           ["stage"], buckets=STAGE_BUCKETS)
 LOOKUP_SECONDS = Histogram("cachestack_cache_lookup_seconds", "Whole lookup time, by outcome",
                            ["result"], buckets=STAGE_BUCKETS)
-LOOKUP_SUPERSEDED = Counter("cachestack_cache_lookup_superseded_total",
-                            "Misses answered from upstream while their lookup still ran (counted as misses), by "
-                            "what the lookup found when it ended: a hit here is a saving lost to speed",
-                            ["found", "namespace"])  # found: hit, miss
 SIMILARITY = Histogram("cachestack_cache_similarity", "Best cosine similarity of every semantic lookup",
                        ["namespace"], buckets=tuple(round(0.5 + 0.025 * i, 3) for i in range(21)))
 BYPASSES = Counter("cachestack_cache_bypass_total", "Lookups or stores skipped, by reason", ["reason"])

@@ -92,24 +92,13 @@ class Lookup:
     keeps its near candidate, which the store step judges (or compares with the fresh answer), and
     the purge generation seen before the answer was generated (:meth:`CacheService.new_lookup`).
     ``finished`` is set when a running lookup ends: a miss's upstream answer can arrive before the
-    verifier has named the near candidate, and its store waits for it (in the background).
-    ``superseded``: the request was answered from upstream while the lookup still ran
-    (:meth:`supersede`); the lookup goes on for the store's sake, and a hit it finds is not one."""
+    verifier has named the near candidate, and its store waits for it (in the background)."""
 
     hit: CacheHit | None = None
     embedding: np.ndarray | None = None
     near: Near | None = None
     generation: int | None = None
     finished: asyncio.Event | None = None  # None: no lookup was started for this request
-    superseded: bool = False
-
-    def supersede(self) -> bool:
-        """Mark a running lookup as answered elsewhere: a hit it still finds is neither served nor
-        counted as a hit. False if it had already finished: its outcome stands."""
-        if self.finished is None or self.finished.is_set():
-            return False
-        self.superseded = True
-        return True
 
 
 class CacheService:
@@ -266,16 +255,6 @@ class CacheService:
         return plan
 
     # -- lookup ------------------------------------------------------------------------------
-    def start_lookup(self, plan: CachePlan, on_semantic: Callable[[], None] | None, into: Lookup) -> asyncio.Task[Lookup]:
-        """:meth:`lookup` as a task the service holds until it ends (and :meth:`drain` waits for), so
-        a request answered from upstream first can leave it running for its store (:meth:`Lookup.supersede`)."""
-        into.finished = asyncio.Event()  # before the task runs: a supersede always sees a running lookup
-        task = asyncio.get_running_loop().create_task(self.lookup(plan, on_semantic, into))
-        self._tasks.add(task)
-        task.add_done_callback(_ended_lookup)
-        task.add_done_callback(self._tasks.discard)
-        return task
-
     async def lookup(self, plan: CachePlan, on_semantic: Callable[[], None] | None = None,
                      into: Lookup | None = None) -> Lookup:
         """Exact tiers, then the semantic one, all within ``lookup_deadline_ms``; ``on_semantic`` is
@@ -283,9 +262,7 @@ class CacheService:
         does not wait for the lookup). ``into`` is filled in as the lookup goes and returned."""
         started = time.perf_counter()
         result = into if into is not None else self.new_lookup()
-        if result.finished is None:
-            result.finished = asyncio.Event()
-        finished = result.finished
+        result.finished = asyncio.Event()
         deadline = asyncio.timeout(self.deadline_s)
         try:
             async with deadline:
@@ -295,19 +272,14 @@ class CacheService:
                 raise
             metrics.BYPASSES.labels("deadline").inc()  # a miss for this request; the breaker never hears of it
         finally:
-            hit = None if result.superseded else result.hit  # a superseded lookup's request was a miss
-            outcome = "HIT" if hit else "MISS"
+            outcome = "HIT" if result.hit else "MISS"
             metrics.LOOKUP_SECONDS.labels(outcome).observe(time.perf_counter() - started)
-            layer = hit.layer if hit else ("semantic" if plan.semantic else "exact")
+            layer = result.hit.layer if result.hit else ("semantic" if plan.semantic else "exact")
             metrics.REQUESTS.labels(outcome, layer, plan.namespace).inc()
             self.counts.add(f"lookup:{outcome}:{layer}")
-            if result.superseded:
-                found = "hit" if result.hit else "miss"
-                metrics.LOOKUP_SUPERSEDED.labels(found, plan.namespace).inc()
-                self.counts.add(f"superseded:{found}")
-            if hit:
-                self._count_savings(plan.model, hit.answer)
-            finished.set()
+            if result.hit:
+                self._count_savings(plan.model, result.hit.answer)
+            result.finished.set()
         return result
 
     async def guarded(self, call: Callable[[], Awaitable[T]], stage: str, timeout_s: float | None = None) -> T | None:
@@ -640,16 +612,13 @@ class CacheService:
         return await self.store.purge(dict(tags), vector=vector, threshold=threshold)
 
     async def stats(self) -> dict[str, Any]:
-        """Entries and partitions (in Redis, every replica's), the fleet's counted lookups (of which
-        ``superseded``: misses answered from upstream before their lookup ended, by what it found),
-        stores and shadow checks (cache/shared_counts.py), and this replica's L1."""
+        """Entries and partitions (in Redis, every replica's), the fleet's counted lookups, stores and
+        shadow checks (cache/shared_counts.py), and this replica's L1."""
         totals, replicas = await self.counts.totals()
         lookups = {k.split(":", 1)[1]: v for k, v in totals.items() if k.startswith("lookup:")}
-        superseded = {k.split(":", 1)[1]: v for k, v in totals.items() if k.startswith("superseded:")}
         return {"entries": await self.store.count(), "partitions": len(await self.store.partitions()),
                 "store": "degraded" if self.degraded else "ok",
-                "fleet": {"replicas": replicas, "lookups": lookups, "superseded": superseded,
-                          "stored": totals.get("stored", 0),
+                "fleet": {"replicas": replicas, "lookups": lookups, "stored": totals.get("stored", 0),
                           "shadow": shadow_estimates(totals)},
                 "replica": {"l1_entries": len(self.l1), "l1_bytes": self.l1.bytes}}
 
@@ -669,12 +638,6 @@ class CacheService:
         await self.watch.aclose()
         await self.counts.aclose()
         await self.store.aclose()
-
-
-def _ended_lookup(task: asyncio.Task[Lookup]) -> None:
-    """A lookup task that failed after its request stopped waiting: logged, since nobody awaits it."""
-    if not task.cancelled() and (exc := task.exception()) is not None:
-        log.warning("cache lookup failed: %s", type(exc).__name__)
 
 
 def shadow_estimates(totals: Mapping[str, int]) -> dict[str, dict[str, float]]:

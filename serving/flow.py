@@ -2,7 +2,7 @@
 
 1 auth (serving/auth.py), the tenant's rate limits (rate_limits.py) and slot (limits.py) -> 2 body limit (limits.py) and protocol
 (protocol.py) -> 3-4 cache plan (cache/policy.py, cache/keys.py) -> 5 lookup (cache/service.py), the
-miss's upstream call started speculatively and served as soon as it is ready (speculation.py) -> 6a HIT: hits.py -> 6b MISS: single-flight
+miss's upstream call started speculatively (speculation.py) -> 6a HIT: hits.py -> 6b MISS: single-flight
 (singleflight.py) -> router -> vLLM -> relay.py -> 7 store after the answer was sent (answers.py).
 """
 
@@ -34,7 +34,7 @@ from serving.relay import OpenedStream, RequestTimer, call, json_object, open_st
 from serving.router import affinity_text
 from serving.shared_stream import following_response
 from serving.singleflight import Following, Lead
-from serving.speculation import Outcome, Speculation, ready_answer
+from serving.speculation import Speculation
 from serving.streaming import StreamAssembler
 
 if TYPE_CHECKING:
@@ -45,6 +45,7 @@ KINDS: dict[str, tuple[str, type[SamplingFields | ResponsesRequest]]] = {
     "completion": ("/v1/completions", CompletionRequest),
     "responses": ("/v1/responses", ResponsesRequest),
 }
+Outcome = OpenedStream | Response | tuple[int, bytes, str]
 prompt_log = logging.getLogger("cachestack.prompts")  # written only with server.log_prompts
 
 
@@ -90,17 +91,13 @@ async def _handle(request: Request, gw: Gateway, kind: str, tenant: str) -> Resp
                                                   kind, parsed))
 
     if gw.cache is not None and plan is not None and plan.lookup:
-        looking = gw.cache.start_lookup(plan, miss.start if gw.cfg.cache.speculative_upstream else None,
-                                        lookup)  # the miss's store reads it once it is finished
         try:
-            found = await miss.unless_ready(looking, ready_answer)
+            found = await gw.cache.lookup(plan, miss.start if gw.cfg.cache.speculative_upstream else None,
+                                          into=lookup)  # the miss's store reads it once it is finished
         except BaseException:
-            looking.cancel()
             miss.abandon()
             raise
-        if found is None:  # answered from upstream first: the lookup ends in the background, for the store
-            lookup.supersede()
-        elif found.hit is not None:
+        if found.hit is not None:
             miss.abandon()
             timer.observe("HIT")
             gw.cache.maybe_shadow(plan, found.hit, partial(fresh_answer, gw, path, body, forward))

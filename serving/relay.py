@@ -68,9 +68,8 @@ class Lease:
 
 @dataclass(frozen=True, slots=True)
 class OpenedStream:
-    """A streamed upstream response that answered 200, with its first bytes in (``resp.started``; not
-    when it ended or broke off before any), and the lease it holds until it is closed; ``flight``:
-    other replicas wait for this stream's answer (serving/singleflight.py)."""
+    """A streamed upstream response that answered 200, and the lease it holds until it is closed;
+    ``flight``: other replicas wait for this stream's answer (serving/singleflight.py)."""
 
     lease: Lease
     resp: UpstreamResponse
@@ -129,16 +128,9 @@ async def call(gw: Gateway, path: str, affinity: str, data: bytes) -> tuple[int,
 
 
 async def open_stream(gw: Gateway, path: str, affinity: str, data: bytes) -> OpenedStream | Response:
-    """Send a streamed request; the open response to relay once its first bytes are in (a stream is
-    an answer from its first event on), or vLLM's refusal as a Response."""
+    """Send a streamed request; the open response to relay, or vLLM's refusal as a Response."""
     lease, resp = await Lease.send(gw, affinity, path, data)
     if resp.status == 200:
-        try:
-            await resp.first_bytes()
-        except BaseException:  # a hit or a client that left while vLLM made its first token
-            resp.close()
-            lease.release(True)
-            raise
         return OpenedStream(lease, resp)
     with lease.failing_on_upstream_error():
         try:

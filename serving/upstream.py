@@ -51,21 +51,6 @@ class UpstreamResponse:
         self._resp = resp
         self.status = resp.status
         self.content_type = resp.headers.get("content-type", "application/json")
-        self.started = False  # the first body bytes are in (:meth:`first_bytes`)
-        self._first = b""
-        self._failure: OpenAIError | None = None
-
-    async def first_bytes(self) -> bool:
-        """Wait for the body's first bytes, kept for :meth:`chunks`: vLLM sends a stream's headers
-        when it accepts the request and its first event only with the first token, so only then is
-        the stream an answer. False (``started`` stays so) if the body ended or broke off first;
-        :meth:`chunks` then ends, or raises that failure, as it would have."""
-        try:
-            self._first = await self._resp.content.readany()
-        except (asyncio.TimeoutError, aiohttp.ClientError) as exc:
-            self._failure = _broken_off(exc, "mid-stream")
-        self.started = bool(self._first)
-        return self.started
 
     async def read(self) -> bytes:
         try:
@@ -78,11 +63,6 @@ class UpstreamResponse:
     async def chunks(self) -> AsyncIterator[bytes]:
         """Body bytes as they arrive. Raises OpenAIError if the upstream breaks off."""
         try:
-            first, self._first = self._first, b""
-            if first:
-                yield first
-            if self._failure is not None:
-                raise self._failure
             async for chunk in self._resp.content.iter_any():
                 yield chunk
         except (asyncio.TimeoutError, aiohttp.ClientError) as exc:
